@@ -1,0 +1,98 @@
+import Logging
+import PostgresNIO
+import SynclineCore
+
+/// Reads pages of the change log, with the prune horizon from the same statement (one snapshot):
+/// a prune that overtakes a reader is seen as such, never as a silent gap.
+public enum ChangeLogReader {
+    public struct Page: Sendable {
+        /// Every position ≤ this may have been pruned.
+        public var prunedThrough: Int64
+        public var records: [ChangeRecord]
+    }
+
+    /// Which log entries a reader wants: all (the tail), or those of one collection or topic.
+    public enum Scope: Sendable {
+        case all
+        case collection(String)
+        case topic(String)
+    }
+
+    /// Positions in (`after`, `through`], at most `limit`, in order.
+    public static func readPage(
+        _ connection: PostgresConnection, after: Int64, through: Int64 = .max, limit: Int,
+        scope: Scope = .all, logger: Logger
+    ) async throws -> Page {
+        let query: PostgresQuery
+        switch scope {
+        case .all:
+            query = """
+                WITH h AS (SELECT pruned_through FROM syncline.retention)
+                SELECT h.pruned_through, c.pos, c.txid::text, c.collection, c.topic, c.op::text, c.key::text,
+                       c.old_key::text, c.row_image::text, c.new_match::text, c.old_match::text
+                FROM h LEFT JOIN LATERAL (
+                    SELECT * FROM syncline.changes WHERE pos > \(after) AND pos <= \(through) ORDER BY pos LIMIT \(limit)
+                ) c ON true ORDER BY c.pos
+                """
+        case .collection(let name):
+            query = """
+                WITH h AS (SELECT pruned_through FROM syncline.retention)
+                SELECT h.pruned_through, c.pos, c.txid::text, c.collection, c.topic, c.op::text, c.key::text,
+                       c.old_key::text, c.row_image::text, c.new_match::text, c.old_match::text
+                FROM h LEFT JOIN LATERAL (
+                    SELECT * FROM syncline.changes WHERE pos > \(after) AND pos <= \(through) AND collection = \(name)
+                    ORDER BY pos LIMIT \(limit)
+                ) c ON true ORDER BY c.pos
+                """
+        case .topic(let topic):
+            query = """
+                WITH h AS (SELECT pruned_through FROM syncline.retention)
+                SELECT h.pruned_through, c.pos, c.txid::text, c.collection, c.topic, c.op::text, c.key::text,
+                       c.old_key::text, c.row_image::text, c.new_match::text, c.old_match::text
+                FROM h LEFT JOIN LATERAL (
+                    SELECT * FROM syncline.changes WHERE pos > \(after) AND pos <= \(through) AND topic = \(topic)
+                    ORDER BY pos LIMIT \(limit)
+                ) c ON true ORDER BY c.pos
+                """
+        }
+        let rows = try await connection.query(query, logger: logger)
+        var horizon: Int64 = 0
+        var records: [ChangeRecord] = []
+        for try await row in rows {
+            let (pruned, pos, txid, collection, topic, op, key, oldKey, image, newMatch, oldMatch) = try row.decode(
+                (Int64, Int64?, String?, String?, String?, String?, String?, String?, String?, String?, String?).self)
+            horizon = pruned
+            guard let pos, let op else { continue }
+            let operation: ChangeRecord.Operation
+            switch op {
+            case "i": operation = .insert
+            case "u": operation = .update
+            case "d": operation = .delete
+            case "t": operation = .truncate
+            case "m": operation = .message
+            default: continue
+            }
+            records.append(ChangeRecord(
+                position: pos, transaction: txid.flatMap { UInt64($0) } ?? 0, operation: operation,
+                collection: collection, topic: topic, key: key, oldKey: oldKey, row: image,
+                newMatch: ChangeRecord.decodeMatch(newMatch), oldMatch: ChangeRecord.decodeMatch(oldMatch)))
+        }
+        return Page(prunedThrough: horizon, records: records)
+    }
+
+    /// Reads up to `limit` positions after `after`, extended so that the page ends on a transaction
+    /// boundary (the rest of the last transaction is read too).
+    public static func readTransactions(
+        _ connection: PostgresConnection, after: Int64, limit: Int, logger: Logger
+    ) async throws -> Page {
+        var page = try await readPage(connection, after: after, limit: limit, logger: logger)
+        guard page.records.count == limit, let last = page.records.last else { return page }
+        while true {
+            let rest = try await readPage(connection, after: page.records.last!.position, limit: limit, logger: logger)
+            let sameTransaction = rest.records.prefix { $0.transaction == last.transaction }
+            page.records += sameTransaction
+            if sameTransaction.count < rest.records.count || rest.records.count < limit { break }
+        }
+        return page
+    }
+}

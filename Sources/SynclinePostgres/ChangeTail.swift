@@ -1,0 +1,131 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import PostgresNIO
+import ServiceLifecycle
+import SynclineCore
+
+/// What the tail reports to the fan-out.
+public enum ChangeTailEvent: Sendable {
+    /// Committed changes with positions in (`after`, `through`], whole transactions, in order.
+    case changes([ChangeRecord], after: Int64, through: Int64)
+    /// The log was pruned past the tail's position while it was away: history in
+    /// (`after`, `prunedThrough`] is gone, every feed must restart. The tail resumes after it.
+    case gap(after: Int64, prunedThrough: Int64)
+    /// The LISTEN connection is up (true) or lost (false); readiness follows this.
+    case listening(Bool)
+}
+
+/// Follows the change log: one dedicated connection LISTENs for wake-ups, and each wake-up (or a
+/// slow safety-net poll) reads the new positions in pages that end on transaction boundaries. On
+/// connection loss it reconnects with capped exponential backoff and catches up from its last
+/// position: LISTEN first, then read, so a wake-up between the two is never missed.
+public final class ChangeTail: Service, Sendable {
+    public struct Configuration: Sendable {
+        public var pageSize: Int = 1000
+        public var pollInterval: Duration = .seconds(1)
+        public var minimumBackoff: Duration = .milliseconds(100)
+        public var maximumBackoff: Duration = .seconds(5)
+        public init() {}
+    }
+
+    public static let channel = "syncline_wake"
+
+    private let connectionConfiguration: PostgresConnection.Configuration
+    private let configuration: Configuration
+    private let startAfter: Int64
+    private let sink: @Sendable (ChangeTailEvent) -> Void
+    private let logger: Logger
+
+    /// - Parameters:
+    ///   - startAfter: the position the fan-out has already dispatched through.
+    ///   - sink: called on the tail's task, in order; must not block.
+    public init(
+        connection: PostgresConnection.Configuration, configuration: Configuration = .init(), startAfter: Int64,
+        logger: Logger, sink: @escaping @Sendable (ChangeTailEvent) -> Void
+    ) {
+        self.connectionConfiguration = connection
+        self.configuration = configuration
+        self.startAfter = startAfter
+        self.sink = sink
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let position = NIOLockedValueBox(startAfter)
+        var backoff = configuration.minimumBackoff
+        var attempt = 0
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            attempt += 1
+            do {
+                let connection = try await PostgresConnection.connect(
+                    configuration: connectionConfiguration, id: attempt, logger: logger)
+                backoff = configuration.minimumBackoff
+                defer { Task { try? await connection.close() } }
+                try await cancelWhenGracefulShutdown {
+                    try await self.follow(connection, position: position)
+                }
+            } catch {
+                if Task.isCancelled || Task.isShuttingDownGracefully { break }
+                sink(.listening(false))
+                logger.warning("change tail connection lost; reconnecting", metadata: [
+                    "error": "\(String(reflecting: error))", "backoff_ms": "\(backoff.components.seconds * 1000 + backoff.components.attoseconds / 1_000_000_000_000_000)",
+                ])
+                try? await Task.sleep(for: backoff)
+                backoff = min(backoff * 2, configuration.maximumBackoff)
+            }
+        }
+        sink(.listening(false))
+    }
+
+    private func follow(_ connection: PostgresConnection, position: NIOLockedValueBox<Int64>) async throws {
+        let (wakeups, wake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        try await connection.listen(on: Self.channel) { notifications in
+            // LISTEN is active: from here on no commit can go unnoticed. Read what came before.
+            sink(.listening(true))
+            wake.yield()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    for try await _ in notifications { wake.yield() }
+                    throw SynclinePostgresError(.unavailable, "LISTEN connection closed")
+                }
+                group.addTask { [configuration] in
+                    while true {
+                        try await Task.sleep(for: configuration.pollInterval)
+                        wake.yield()
+                    }
+                }
+                group.addTask {
+                    var current = position.withLockedValue { $0 }
+                    for await _ in wakeups {
+                        current = try await self.readAvailable(connection, after: current)
+                        position.withLockedValue { [current] in $0 = current }
+                    }
+                }
+                try await group.next()
+                group.cancelAll()
+            }
+        }
+    }
+
+    /// Reads every visible position after `after`; returns the new position.
+    private func readAvailable(_ connection: PostgresConnection, after: Int64) async throws -> Int64 {
+        var position = after
+        while true {
+            let page = try await ChangeLogReader.readTransactions(
+                connection, after: position, limit: configuration.pageSize, logger: logger)
+            if page.prunedThrough > position {
+                logger.error("change log pruned past the tail; restarting every feed", metadata: [
+                    "position": "\(position)", "pruned_through": "\(page.prunedThrough)",
+                ])
+                sink(.gap(after: position, prunedThrough: page.prunedThrough))
+                position = page.prunedThrough
+                continue
+            }
+            guard let last = page.records.last else { return position }
+            sink(.changes(page.records, after: position, through: last.position))
+            position = last.position
+            if page.records.count < configuration.pageSize { return position }
+        }
+    }
+}

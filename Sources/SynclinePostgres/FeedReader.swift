@@ -1,0 +1,176 @@
+import Logging
+import PostgresNIO
+import SynclineCore
+import SynclineProtocol
+
+/// Reads for subscriptions, on their own small connection pool so that snapshots and catch-ups
+/// can neither starve nor be starved by other work: filter canonicalisation, authorization,
+/// snapshots (rows at P in one REPEATABLE READ transaction) and catch-up pages.
+public final class FeedReader: Sendable {
+    public let client: PostgresClient
+    public let catalog: CollectionCatalog
+    private let logger: Logger
+
+    public init(client: PostgresClient, catalog: CollectionCatalog, logger: Logger) {
+        self.client = client
+        self.catalog = catalog
+        self.logger = logger
+    }
+
+    /// The cursor epoch written at migrate time.
+    public func epoch() async throws -> String {
+        let rows = try await client.query("SELECT value FROM syncline.meta WHERE key = 'epoch'", logger: logger)
+        for try await epoch in rows.decode(String.self) { return epoch }
+        throw SynclinePostgresError(.notMigrated, "syncline.meta has no epoch: run `syncline migrate`")
+    }
+
+    /// The newest visible position and the prune horizon.
+    public func head() async throws -> (head: Int64, prunedThrough: Int64) {
+        let rows = try await client.query(
+            "SELECT syncline.head(), (SELECT pruned_through FROM syncline.retention)", logger: logger)
+        for try await (head, pruned) in rows.decode((Int64, Int64).self) { return (head, pruned) }
+        return (0, 0)
+    }
+
+    /// Checks a subscription's collection and columns against the catalog and turns its `where`
+    /// values into Postgres's canonical rendering through each column's type.
+    public func feedKey(collection: String, filter: [String: JSONValue]) async throws -> FeedKey {
+        guard let info = try await catalog.lookup(collection) else {
+            throw SynclinePostgresError(.unknownCollection, "no collection named '\(collection)'")
+        }
+        for column in filter.keys.sorted() where !info.filterable.contains(column) {
+            let allowed = info.filterable.sorted().joined(separator: ", ")
+            throw SynclinePostgresError(.unknownColumn,
+                "'\(column)' is not a filterable column of '\(collection)' (filterable: \(allowed.isEmpty ? "none" : allowed))")
+        }
+        if filter.isEmpty { return .collection(collection, filter: [:]) }
+        var texts: [String] = []
+        var nulls: [Bool] = []
+        let columns = filter.keys.sorted()
+        for column in columns {
+            switch filter[column]! {
+            case .null: texts.append(""); nulls.append(true)
+            case .string(let s): texts.append(s); nulls.append(false)
+            case .number(let n): texts.append(n); nulls.append(false)
+            case .bool(let b): texts.append(b ? "true" : "false"); nulls.append(false)
+            case .array, .object:
+                throw SynclinePostgresError(.invalidValue, "'where.\(column)' must be a scalar")
+            }
+        }
+        var canonical: [String: JSONValue] = [:]
+        do {
+            let rows = try await client.query("""
+                SELECT c, syncline.canonical_value(\(collection), c, CASE WHEN n THEN NULL ELSE v END)
+                FROM unnest(\(columns)::text[], \(texts)::text[], \(nulls)::boolean[]) AS u(c, v, n)
+                """, logger: logger)
+            for try await (column, value) in rows.decode((String, String).self) {
+                canonical[column] = try JSONParser.parse(value)
+            }
+        } catch let error where error.sqlState?.hasPrefix("22") == true {
+            throw SynclinePostgresError(.invalidValue, "a 'where' value does not fit its column's type")
+        }
+        return .collection(collection, filter: canonical)
+    }
+
+    /// Whether the claims may read the feed (the collection's policy, or the topic policy).
+    public func authorize(_ key: FeedKey, claims: String) async throws -> Bool {
+        try await client.withTransaction(logger: logger) { connection in
+            try await self.authorize(key, claims: claims, on: connection)
+        }
+    }
+
+    private func authorize(_ key: FeedKey, claims: String, on connection: PostgresConnection) async throws -> Bool {
+        try await connection.query("SELECT set_config('request.jwt.claims', \(claims), true)", logger: logger)
+        let rows: PostgresRowSequence
+        switch key {
+        case .collection(let name, _, _):
+            rows = try await connection.query("SELECT syncline.authorize_feed(\(name), \(key.filterJSON)::jsonb)", logger: logger)
+        case .topic(let topic):
+            rows = try await connection.query("SELECT syncline.authorize_topic(\(topic))", logger: logger)
+        }
+        for try await ok in rows.decode(Bool.self) { return ok }
+        return false
+    }
+
+    /// Streams a snapshot: authorizes, reads position P and the matching rows in one REPEATABLE
+    /// READ transaction under the claims, and hands them over in chunks. `onStart(P)` runs before
+    /// the first chunk; `onChunk(rows, done, P)` awaits the socket's writability, pacing the read.
+    /// Returns P, or nil when the policy refuses the feed.
+    public func snapshot(
+        _ key: FeedKey, claims: String, chunkRows: Int = 500, chunkBytes: Int = 256 << 10,
+        onStart: @Sendable (Int64) async throws -> Void,
+        onChunk: @Sendable ([String], Bool, Int64) async throws -> Void
+    ) async throws -> Int64? {
+        try await client.withConnection { connection in
+            try await connection.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", logger: self.logger)
+            do {
+                let result = try await self.snapshotInTransaction(
+                    key, claims: claims, chunkRows: chunkRows, chunkBytes: chunkBytes,
+                    on: connection, onStart: onStart, onChunk: onChunk)
+                try await connection.query("COMMIT", logger: self.logger)
+                return result
+            } catch {
+                try? await connection.query("ROLLBACK", logger: self.logger)
+                throw error
+            }
+        }
+    }
+
+    private func snapshotInTransaction(
+        _ key: FeedKey, claims: String, chunkRows: Int, chunkBytes: Int, on connection: PostgresConnection,
+        onStart: @Sendable (Int64) async throws -> Void,
+        onChunk: @Sendable ([String], Bool, Int64) async throws -> Void
+    ) async throws -> Int64? {
+        // Fixed rendering settings, the same as capture's, so snapshot rows equal live rows.
+        try await connection.query("""
+            SELECT set_config('TimeZone', 'UTC', true), set_config('DateStyle', 'ISO, YMD', true),
+                   set_config('extra_float_digits', '3', true), set_config('IntervalStyle', 'iso_8601', true)
+            """, logger: logger)
+        guard try await authorize(key, claims: claims, on: connection) else { return nil }
+        var position: Int64 = 0
+        for try await head in try await connection.query("SELECT syncline.head()", logger: logger).decode(Int64.self) {
+            position = head
+        }
+        try await onStart(position)
+        guard case .collection(let name, _, _) = key else {
+            try await onChunk([], true, position)
+            return position
+        }
+        var sql = ""
+        for try await text in try await connection.query(
+            "SELECT syncline.snapshot_query(\(name), \(key.filterJSON)::jsonb)", logger: logger).decode(String.self) {
+            sql = text
+        }
+        var bindings = PostgresBindings()
+        bindings.append(key.filterJSON)
+        // The generated SQL quotes every identifier (format %I) from syncline.collections; the
+        // filter travels as a parameter.
+        let rows = try await connection.query(PostgresQuery(unsafeSQL: sql + " AND $1::jsonb IS NOT NULL", binds: bindings), logger: logger)
+        var chunk: [String] = []
+        var bytes = 0
+        for try await row in rows.decode(String.self) {
+            chunk.append(row)
+            bytes += row.utf8.count
+            if chunk.count >= chunkRows || bytes >= chunkBytes {
+                try await onChunk(chunk, false, position)
+                chunk.removeAll(keepingCapacity: true)
+                bytes = 0
+            }
+        }
+        try await onChunk(chunk, true, position)
+        return position
+    }
+
+    /// One catch-up page for a feed: positions in (`after`, `through`] of its collection or topic.
+    public func catchUpPage(_ key: FeedKey, after: Int64, through: Int64, limit: Int = 1000) async throws -> ChangeLogReader.Page {
+        try await client.withConnection { connection in
+            let scope: ChangeLogReader.Scope
+            switch key {
+            case .collection(let name, _, _): scope = .collection(name)
+            case .topic(let topic): scope = .topic(topic)
+            }
+            return try await ChangeLogReader.readPage(
+                connection, after: after, through: through, limit: limit, scope: scope, logger: self.logger)
+        }
+    }
+}

@@ -1,0 +1,59 @@
+import SynclineCore
+
+/// The most recent committed changes, decoded, so that most catch-ups (reconnect storms, a
+/// snapshot's handoff to live) are served from memory instead of scanning the change log.
+///
+/// Holds every position in (`after`, `through`]; the oldest whole batches are dropped past
+/// `capacity` records.
+struct ChangeRing: Sendable {
+    private(set) var after: Int64
+    private(set) var through: Int64
+    private var batches: [(through: Int64, records: [ChangeRecord])] = []
+    private var start = 0
+    private var count = 0
+    let capacity: Int
+
+    init(position: Int64, capacity: Int) {
+        self.after = position
+        self.through = position
+        self.capacity = capacity
+    }
+
+    mutating func append(_ records: [ChangeRecord], through: Int64) {
+        batches.append((through, records))
+        count += records.count
+        self.through = through
+        while count > capacity, start < batches.count - 1 {
+            count -= batches[start].records.count
+            after = batches[start].through
+            batches[start].records = []
+            start += 1
+        }
+        if start > 64 && start * 2 > batches.count {
+            batches.removeFirst(start)
+            start = 0
+        }
+    }
+
+    /// Forget everything: history before `position` is gone.
+    mutating func reset(to position: Int64) {
+        batches = []
+        start = 0
+        count = 0
+        after = position
+        through = position
+    }
+
+    /// The records in (`from`, `to`], or nil when the ring does not hold all of them.
+    func records(after from: Int64, through to: Int64) -> [ChangeRecord]? {
+        guard from >= after, to <= through else { return nil }
+        var out: [ChangeRecord] = []
+        for i in start..<batches.count where batches[i].through > from {
+            for record in batches[i].records where record.position > from && record.position <= to {
+                out.append(record)
+            }
+            if batches[i].through >= to { break }
+        }
+        return out
+    }
+}

@@ -1,0 +1,271 @@
+import Logging
+import Metrics
+import NIOConcurrencyHelpers
+import NIOCore
+import SynclineCore
+import SynclineProtocol
+import SynclinePostgres
+
+/// The fan-out: turns the tail's batches into frames for every subscriber.
+///
+/// Each batch is matched once through the subscription index and each matched feed's body is
+/// encoded once (under the hub's lock, which also orders it against new feeds). Then one task per
+/// event loop delivers it: every subscriber's frame is its cached prefix plus the shared body, and
+/// each touched connection is flushed once per batch. No per-subscriber encoding, task or actor hop.
+public final class Hub: Sendable {
+    struct State: Sendable {
+        var index = SubscriptionIndex()
+        /// Bumped on every retain; a batch carries the generation it was encoded with.
+        var generation: UInt64 = 0
+        var ring: ChangeRing
+        var head: Int64
+    }
+
+    let epoch: String
+    let encoder: FeedBatchEncoder
+    private let state: NIOLockedValueBox<State>
+    private let fanouts: [ObjectIdentifier: NIOLoopBoundBox<LoopFanout>]
+    private let listeningBox = NIOLockedValueBox(false)
+    let logger: Logger
+    private let batchesCounter = Counter(label: "syncline_batches_total")
+    private let changesCounter = Counter(label: "syncline_changes_total")
+    private let feedsGauge = Gauge(label: "syncline_feeds")
+
+    init(epoch: String, head: Int64, configuration: ServerConfiguration, group: any EventLoopGroup, logger: Logger) {
+        self.epoch = epoch
+        self.encoder = FeedBatchEncoder(epoch: epoch, maximumFeedBytes: configuration.maximumFeedBatchBytes)
+        self.state = NIOLockedValueBox(State(ring: ChangeRing(position: head, capacity: configuration.ringCapacity), head: head))
+        self.logger = logger
+        var fanouts: [ObjectIdentifier: NIOLoopBoundBox<LoopFanout>] = [:]
+        for loop in group.makeIterator() {
+            fanouts[ObjectIdentifier(loop)] = NIOLoopBoundBox.makeBoxSendingValue(LoopFanout(eventLoop: loop, head: head, encoder: encoder), eventLoop: loop)
+        }
+        self.fanouts = fanouts
+    }
+
+    /// The fan-out of `loop`; call only on that loop.
+    func fanout(on loop: any EventLoop) -> LoopFanout {
+        fanouts[ObjectIdentifier(loop)]!.value
+    }
+
+    /// Whether the tail's LISTEN connection is up (readiness).
+    public var isListening: Bool { listeningBox.withLockedValue { $0 } }
+
+    /// The newest position dispatched to the loops.
+    public var head: Int64 { state.withLockedValue { $0.head } }
+
+    /// Adds a subscriber's reference to the feed for `key`.
+    func retain(_ key: FeedKey) -> (FeedID, UInt64) {
+        let (id, generation, feeds) = state.withLockedValue { s -> (FeedID, UInt64, Int) in
+            let id = s.index.retain(key).id
+            s.generation += 1
+            return (id, s.generation, s.index.feedCount)
+        }
+        feedsGauge.record(feeds)
+        return (id, generation)
+    }
+
+    func release(_ id: FeedID) {
+        let feeds = state.withLockedValue { s -> Int in
+            s.index.release(id)
+            return s.index.feedCount
+        }
+        feedsGauge.record(feeds)
+    }
+
+    /// Records in (`after`, `through`] from memory, or nil when the ring no longer holds them.
+    func recentRecords(after: Int64, through: Int64) -> [ChangeRecord]? {
+        state.withLockedValue { $0.ring.records(after: after, through: through) }
+    }
+
+    /// The tail's sink: called in order on the tail's task.
+    func handle(_ event: ChangeTailEvent) {
+        switch event {
+        case .listening(let up):
+            listeningBox.withLockedValue { $0 = up }
+        case .changes(let records, let after, let through):
+            let (batch, generation) = state.withLockedValue { s -> (EncodedBatch, UInt64) in
+                s.ring.append(records, through: through)
+                s.head = through
+                return (encoder.encode(records, after: after, through: through, index: s.index), s.generation)
+            }
+            batchesCounter.increment()
+            changesCounter.increment(by: records.count)
+            for fanout in fanouts.values {
+                fanout.eventLoop.execute { fanout.value.deliver(batch, generation: generation) }
+            }
+        case .gap(_, let prunedThrough):
+            state.withLockedValue { s in
+                s.ring.reset(to: prunedThrough)
+                s.head = prunedThrough
+            }
+            for fanout in fanouts.values {
+                fanout.eventLoop.execute { fanout.value.restartAll(head: prunedThrough) }
+            }
+        }
+    }
+}
+
+/// One event loop's share of the fan-out: its live subscribers by feed, its position, and the
+/// connections to flush after a batch. Confined to its loop.
+final class LoopFanout {
+    let eventLoop: any EventLoop
+    let encoder: FeedBatchEncoder
+    /// Every batch through this position has been delivered on this loop.
+    private(set) var head: Int64
+    /// The generation of the last batch delivered.
+    private(set) var generation: UInt64 = 0
+    private var live: [FeedID: [Subscriber]] = [:]
+    private var young: [Subscriber] = []
+    private var toFlush: [SyncConnection] = []
+    /// Every WebSocket connection on this loop, for shutdown.
+    private var connections: [ObjectIdentifier: SyncConnection] = [:]
+    private let deliveries = Counter(label: "syncline_deliveries_total")
+
+    init(eventLoop: any EventLoop, head: Int64, encoder: FeedBatchEncoder) {
+        self.eventLoop = eventLoop
+        self.head = head
+        self.encoder = encoder
+    }
+
+    var liveCount: Int { live.values.reduce(0) { $0 + $1.count } + young.count }
+
+    /// Makes a subscriber whose cursor is ≥ `head` receive every later batch.
+    func activate(_ subscriber: Subscriber) {
+        precondition(subscriber.cursor >= head)
+        if subscriber.generation > generation || subscriber.cursor > head {
+            subscriber.phase = .young
+            young.append(subscriber)
+        } else {
+            addLive(subscriber)
+        }
+    }
+
+    func remove(_ subscriber: Subscriber) {
+        switch subscriber.phase {
+        case .live:
+            var list = live[subscriber.feedID]!
+            let slot = subscriber.slot
+            let last = list.removeLast()
+            if last !== subscriber {
+                list[slot] = last
+                last.slot = slot
+            }
+            live[subscriber.feedID] = list.isEmpty ? nil : list
+        case .young:
+            young.removeAll { $0 === subscriber }
+        case .starting, .ended:
+            break
+        }
+        subscriber.slot = -1
+        subscriber.phase = .starting
+    }
+
+    private func addLive(_ subscriber: Subscriber) {
+        subscriber.phase = .live
+        subscriber.slot = live[subscriber.feedID, default: []].count
+        live[subscriber.feedID, default: []].append(subscriber)
+    }
+
+    func register(_ connection: SyncConnection) {
+        connections[ObjectIdentifier(connection)] = connection
+    }
+
+    func unregister(_ connection: SyncConnection) {
+        connections[ObjectIdentifier(connection)] = nil
+    }
+
+    /// Closes every connection on this loop with 1001 (server shutting down).
+    func closeAll() {
+        for connection in Array(connections.values) {
+            connection.close(.goingAway, reason: "server shutting down; reconnect and resume")
+        }
+    }
+
+    /// Connections written to during this batch, flushed once at its end.
+    func needsFlush(_ connection: SyncConnection) {
+        toFlush.append(connection)
+    }
+
+    func deliver(_ batch: EncodedBatch, generation: UInt64) {
+        var delivered = 0
+        for (feedID, body) in batch.bodies {
+            guard let subscribers = live[feedID] else { continue }
+            if body.reset {
+                for subscriber in subscribers {
+                    remove(subscriber)
+                    subscriber.connection.restart(subscriber, reason: "the feed must be reloaded")
+                }
+                continue
+            }
+            for subscriber in subscribers {
+                subscriber.connection.send(body, to: subscriber, through: batch.through)
+            }
+            delivered += subscribers.count
+        }
+        if !young.isEmpty {
+            let current = young
+            young = []
+            for subscriber in current {
+                if batch.through > subscriber.cursor {
+                    let body = encoder.encodeSingle(batch.records, after: subscriber.cursor, through: batch.through, key: subscriber.key)
+                    if body.reset {
+                        subscriber.phase = .starting
+                        subscriber.connection.restart(subscriber, reason: "the feed must be reloaded")
+                        continue
+                    }
+                    subscriber.connection.send(body, to: subscriber, through: batch.through)
+                    delivered += 1
+                }
+                if generation >= subscriber.generation && batch.through >= subscriber.cursor {
+                    addLive(subscriber)
+                } else {
+                    young.append(subscriber)
+                }
+            }
+        }
+        head = batch.through
+        self.generation = generation
+        flush()
+        if delivered > 0 { deliveries.increment(by: delivered) }
+    }
+
+    func flush() {
+        guard !toFlush.isEmpty else { return }
+        for connection in toFlush { connection.fanoutFlush() }
+        toFlush.removeAll(keepingCapacity: true)
+    }
+
+    /// The tail lost history: every subscriber on this loop restarts from a fresh snapshot.
+    func restartAll(head: Int64) {
+        self.head = head
+        let all = live.values.flatMap { $0 } + young
+        for subscriber in all {
+            remove(subscriber)
+            subscriber.connection.restart(subscriber, reason: "history was pruned")
+        }
+        flush()
+    }
+
+    /// Sends an empty `changes` to live collection subscribers whose cursor lags the head and who
+    /// got nothing for `interval`, so every live feed's cursor advances at least that often.
+    func advanceIdle(olderThan interval: TimeAmount) {
+        let now = NIODeadline.now()
+        let body = FeedBody.advance(encoder.advanceBody(through: head))
+        for subscribers in live.values {
+            for subscriber in subscribers where subscriber.lastSentPosition < head && now - subscriber.lastSent >= interval {
+                if case .topic = subscriber.key { subscriber.cursor = head; continue }
+                subscriber.connection.send(body, to: subscriber, through: head)
+            }
+        }
+        flush()
+    }
+}
+
+extension FeedBody {
+    static func advance(_ body: ByteBuffer) -> FeedBody {
+        var b = FeedBody()
+        b.changes = body
+        return b
+    }
+}

@@ -1,0 +1,43 @@
+import NIOCore
+
+/// Everything a running server is told: where to listen, how to authenticate, and every limit.
+/// Each limit has a safe default and a flag (see `syncline serve --help`).
+public struct ServerConfiguration: Sendable {
+    public var host = "127.0.0.1"
+    public var port = 8080
+    /// HS256 secret; `jwksJSON` adds RS256/ES256 public keys.
+    public var jwtSecret: String?
+    public var jwksJSON: String?
+    /// Accept unsigned (`alg: none`) tokens. Development only; never implied.
+    public var insecureDevAuth = false
+    /// Serve the dashboard at `/` and mint demo tokens at `/demo/token`.
+    public var demo = false
+
+    /// Largest client message after reassembly (bytes); bigger closes with 1009.
+    public var maximumMessageBytes = 1 << 20
+    /// Outbound bytes queued on one connection before it is closed with 4008 (it resumes).
+    public var maximumOutboundBytes = 4 << 20
+    /// Open WebSocket connections; more are refused with HTTP 503.
+    public var maximumConnections = 50_000
+    /// Subscriptions per connection.
+    public var maximumSubscriptionsPerConnection = 100
+    /// Client messages per second per connection (token bucket, burst = 2×).
+    public var maximumMessagesPerSecond = 200
+    /// Server ping period; a connection silent for two periods is closed.
+    public var heartbeatMilliseconds: Int64 = 15_000
+    /// Snapshot chunking.
+    public var snapshotChunkRows = 500
+    public var snapshotChunkBytes = 256 << 10
+    /// Concurrent snapshot/catch-up reads (the size of their connection pool).
+    public var snapshotConcurrency = 4
+    /// Recent changes kept in memory to serve catch-ups without reading Postgres.
+    public var ringCapacity = 20_000
+    /// A feed's share of one batch above this restarts the feed (protocol §2).
+    public var maximumFeedBatchBytes = 8 << 20
+    /// How long shutdown waits for connections to close after sending 1001.
+    public var shutdownGrace: TimeAmount = .seconds(5)
+    /// Event loop threads (default: one per core).
+    public var eventLoopThreads = System.coreCount
+
+    public init() {}
+}

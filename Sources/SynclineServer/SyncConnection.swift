@@ -1,0 +1,709 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOWebSocket
+import SynclineCore
+import SynclinePostgres
+import SynclineProtocol
+
+/// One `/v1/sync` WebSocket connection: frames in, the session state machine, subscriptions, and
+/// frames out. An event-loop-bound channel handler; background work (token checks, snapshots,
+/// catch-ups) runs in tasks that hop back to the loop through `NIOLoopBound`.
+final class SyncConnection: ChannelInboundHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+
+    private let environment: SyncEnvironment
+    private let headerIdentity: Identity?
+    private var context: ChannelHandlerContext!
+    private var eventLoop: (any EventLoop)!
+    private var session: SessionStateMachine
+    private var assembler: WebSocketMessageAssembler
+    private var identity: Identity?
+    private var clientID = ""
+    private let sessionID = UUID().uuidString.lowercased()
+    private var subscribers: [String: Subscriber] = [:]
+    /// Subscriptions being resolved (before their Subscriber exists), by id → attempt number.
+    private var resolving: [String: UInt64] = [:]
+    private var attempts: UInt64 = 0
+    private var closing = false
+    private var needsFlush = false
+    private var queuedForFlush = false
+    private var lastReceived = NIODeadline.now()
+    private var heartbeat: RepeatedTask?
+    private var expiry: Scheduled<Void>?
+    private var tokens: Double
+    private var lastRefill = NIODeadline.now()
+    private var refusedInARow = 0
+    private var logger: Logger
+
+    init(environment: SyncEnvironment, headerIdentity: Identity?) {
+        self.environment = environment
+        self.headerIdentity = headerIdentity
+        self.session = SessionStateMachine(limits: .init(
+            maximumSubscriptions: environment.configuration.maximumSubscriptionsPerConnection))
+        self.assembler = WebSocketMessageAssembler(maximumBytes: environment.configuration.maximumMessageBytes)
+        self.tokens = Double(environment.configuration.maximumMessagesPerSecond) * 2
+        self.logger = environment.logger
+        self.logger[metadataKey: "session"] = "\(sessionID.prefix(8))"
+    }
+
+    private var fanout: LoopFanout { environment.hub.fanout(on: context.eventLoop) }
+    private var bound: NIOLoopBound<SyncConnection> { NIOLoopBound(self, eventLoop: context.eventLoop) }
+
+    // MARK: Channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        self.eventLoop = context.eventLoop
+        fanout.register(self)
+        let period = TimeAmount.milliseconds(environment.configuration.heartbeatMilliseconds)
+        heartbeat = context.eventLoop.scheduleRepeatedTask(initialDelay: period, delay: period) { [weak self] _ in
+            self?.heartbeatTick(period: period)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        tearDown()
+        self.context = nil
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        tearDown()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let error = error as? NIOWebSocketError {
+            logger.debug("websocket protocol error", metadata: ["error": "\(error)"])
+            close(error == .invalidFrameLength ? .messageTooBig : .protocolError, reason: "invalid frame")
+        } else {
+            logger.debug("connection error", metadata: ["error": "\(error)"])
+            context.close(promise: nil)
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        lastReceived = .now()
+        switch frame.opcode {
+        case .ping:
+            guard frame.fin else { return close(.protocolError, reason: "fragmented control frame") }
+            let pong = WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)
+            context.writeAndFlush(wrapOutboundOut(pong), promise: nil)
+        case .pong:
+            break
+        case .connectionClose:
+            receivedClose(frame)
+        case .text, .binary, .continuation:
+            guard !closing else { return }
+            switch assembler.receive(frame) {
+            case .none: break
+            case .fail(let code, let reason): close(code, reason: reason)
+            case .binary: close(.unsupportedData, reason: "syncline.v1 uses text frames")
+            case .text(let buffer): receivedMessage(buffer)
+            }
+        default:
+            close(.protocolError, reason: "unknown opcode")
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        flushIfNeeded()
+        context.fireChannelReadComplete()
+    }
+
+    // MARK: Session
+
+    private func receivedMessage(_ buffer: ByteBuffer) {
+        guard admitMessage() else { return }
+        let decoded: Result<ClientMessage, ClientMessageError> = buffer.withUnsafeReadableBytes { raw in
+            do throws(ClientMessageError) {
+                return .success(try ClientMessage.decode(raw.assumingMemoryBound(to: UInt8.self)))
+            } catch {
+                return .failure(error)
+            }
+        }
+        switch decoded {
+        case .success(let message): perform(session.received(message))
+        case .failure(let error):
+            environment.errorsCounter.increment()
+            perform(session.receivedInvalid(error))
+        }
+    }
+
+    /// Token bucket: `maximumMessagesPerSecond`, burst twice that. Refused messages get
+    /// `rate_limited`; a client that keeps flooding is closed with 1008.
+    private func admitMessage() -> Bool {
+        let rate = Double(environment.configuration.maximumMessagesPerSecond)
+        let now = NIODeadline.now()
+        tokens = min(rate * 2, tokens + Double((now - lastRefill).nanoseconds) / 1e9 * rate)
+        lastRefill = now
+        if tokens >= 1 {
+            tokens -= 1
+            refusedInARow = 0
+            return true
+        }
+        refusedInARow += 1
+        if refusedInARow > Int(rate) {
+            close(.policyViolation, reason: "message rate limit exceeded")
+        } else {
+            sendText(ServerMessage.error(code: .rateLimited, message: "too many messages; slow down",
+                                         ref: nil, retryAfterMS: Int(1000 / max(rate, 1)) + 1))
+        }
+        return false
+    }
+
+    private func perform(_ actions: [SessionStateMachine.Action]) {
+        for action in actions {
+            guard !closing else { return }
+            switch action {
+            case .authenticate(let token, let clientID):
+                self.clientID = clientID
+                authenticate(token: token, clientID: clientID)
+            case .sendWelcome:
+                break  // sent by `opened`, which knows last_mid
+            case .send(let text):
+                sendText(text)
+            case .close(let code, let reason):
+                close(code, reason: reason)
+            case .subscribe(let request):
+                startSubscription(request)
+            case .unsubscribe(let id):
+                unsubscribe(id)
+            case .mutate(let mutation):
+                sendText(ServerMessage.error(code: .unavailable, message: "this server does not accept mutations yet",
+                                             ref: .number(String(mutation.mid)), retryAfterMS: 60_000))
+            case .reauthenticate(let token):
+                reauthenticate(token)
+            }
+        }
+    }
+
+    private func authenticate(token: String?, clientID: String) {
+        let environment = self.environment
+        let headerIdentity = self.headerIdentity
+        let bound = self.bound
+        let loop = context.eventLoop
+        Task {
+            let outcome: Result<(Identity, Int64), SessionFailure>
+            do {
+                let identity: Identity
+                if let token {
+                    identity = try await environment.authenticator.authenticate(token)
+                } else if let headerIdentity {
+                    identity = headerIdentity
+                } else {
+                    throw SessionFailure(.tokenInvalid, "no token: send one in hello or in the Authorization header")
+                }
+                let (owner, lastMID) = try await environment.clients.register(clientID: clientID, sub: identity.sub)
+                guard owner == identity.sub else {
+                    throw SessionFailure(.forbidden, "client_id belongs to another user")
+                }
+                outcome = .success((identity, lastMID))
+            } catch let error as AuthenticationError {
+                outcome = .failure(SessionFailure(.tokenInvalid, error.message))
+            } catch let error as SessionFailure {
+                outcome = .failure(error)
+            } catch {
+                environment.logger.error("hello failed", metadata: ["error": "\(String(reflecting: error))"])
+                outcome = .failure(SessionFailure(.overloaded, "the server cannot open sessions right now; retry later"))
+            }
+            loop.execute {
+                let connection = bound.value
+                switch outcome {
+                case .success(let (identity, lastMID)): connection.opened(identity, lastMID: lastMID)
+                case .failure(let failure): connection.perform(connection.session.authenticationFailed(failure.code, reason: failure.message))
+                }
+                connection.flushIfNeeded()
+            }
+        }
+    }
+
+    private func opened(_ identity: Identity, lastMID: Int64) {
+        guard !closing else { return }
+        self.identity = identity
+        logger[metadataKey: "sub"] = "\(identity.sub)"
+        scheduleExpiry(identity)
+        let actions = session.authenticated(sub: identity.sub)
+        sendText(ServerMessage.welcome(session: sessionID, server: SynclineServer.serverName,
+                                       heartbeatMS: Int(environment.configuration.heartbeatMilliseconds), lastMID: lastMID))
+        perform(actions)
+    }
+
+    private func reauthenticate(_ token: String) {
+        let environment = self.environment
+        let bound = self.bound
+        let loop = context.eventLoop
+        Task {
+            let result: Result<Identity, AuthenticationError>
+            do throws(AuthenticationError) { result = .success(try await environment.authenticator.authenticate(token)) } catch { result = .failure(error) }
+            loop.execute {
+                let connection = bound.value
+                switch result {
+                case .success(let identity):
+                    guard identity.sub == connection.identity?.sub else {
+                        return connection.close(.forbidden, reason: "auth token is for another user")
+                    }
+                    connection.identity = identity
+                    connection.scheduleExpiry(identity)
+                case .failure(let error):
+                    connection.close(.tokenInvalid, reason: error.message)
+                }
+            }
+        }
+    }
+
+    private func scheduleExpiry(_ identity: Identity) {
+        expiry?.cancel()
+        expiry = nil
+        guard let expiresAt = identity.expiresAt else { return }
+        let delay = expiresAt.timeIntervalSinceNow + Authenticator.leeway
+        expiry = context.eventLoop.scheduleTask(in: .milliseconds(Int64(max(delay, 0) * 1000))) { [weak self] in
+            self?.close(.tokenInvalid, reason: "token expired")
+        }
+    }
+
+    // MARK: Subscriptions
+
+    private func startSubscription(_ request: ClientMessage.Subscribe) {
+        guard let identity else { return }
+        attempts += 1
+        let attempt = attempts
+        resolving[request.id] = attempt
+        let environment = self.environment
+        let bound = self.bound
+        let loop = context.eventLoop
+        Task {
+            let outcome: Result<Resolution, any Error>
+            do {
+                outcome = .success(try await SyncConnection.resolve(request, claims: identity.claims, environment: environment))
+            } catch {
+                outcome = .failure(error)
+            }
+            loop.execute {
+                let connection = bound.value
+                switch outcome {
+                case .success(let resolution):
+                    connection.subscriptionResolved(request, attempt: attempt, resolution: resolution)
+                case .failure(let error):
+                    let (code, message, retry) = SyncConnection.describe(error, logger: environment.logger)
+                    connection.subscriptionFailed(request.id, attempt: attempt, code: code, message: message, retryAfterMS: retry)
+                }
+                connection.flushIfNeeded()
+            }
+        }
+    }
+
+    struct Resolution: Sendable {
+        var key: FeedKey
+        var mode: ServerMessage.SubscribeMode
+        var resumeAfter: Int64?
+    }
+
+    /// Turns a `subscribe` into a feed key and a start: snapshot, resume from `after`, or reset.
+    private static func resolve(_ request: ClientMessage.Subscribe, claims: String, environment: SyncEnvironment) async throws -> Resolution {
+        let key: FeedKey
+        switch request.target {
+        case .collection(let name, let filter):
+            key = try await environment.reader.feedKey(collection: name, filter: filter)
+        case .topic(let topic):
+            key = .topic(topic)
+        }
+        guard let after = request.after else { return Resolution(key: key, mode: .snapshot) }
+        guard let cursor = Cursor(parsing: after) else {
+            throw ClientFacingError(.badRequest, "'after' is not a cursor this server issued")
+        }
+        guard cursor.epoch == environment.hub.epoch else {
+            // Another database's history (e.g. restored from a backup): start over.
+            return Resolution(key: key, mode: .reset)
+        }
+        let (head, pruned) = try await environment.reader.head()
+        if cursor.position > head {
+            throw ClientFacingError(.badRequest, "'after' is newer than the newest position")
+        }
+        if cursor.position < pruned {
+            return Resolution(key: key, mode: .reset)
+        }
+        guard try await environment.reader.authorize(key, claims: claims) else {
+            throw ClientFacingError(.forbidden, "not allowed to read this feed")
+        }
+        return Resolution(key: key, mode: .resume, resumeAfter: cursor.position)
+    }
+
+    private struct Abandoned: Error {}
+
+    private func subscriptionResolved(_ request: ClientMessage.Subscribe, attempt: UInt64, resolution: Resolution) {
+        guard !closing, resolving[request.id] == attempt else { return }
+        resolving[request.id] = nil
+        let key = resolution.key, mode = resolution.mode, resumeAfter = resolution.resumeAfter
+        let (feedID, generation) = environment.hub.retain(key)
+        let subscriber = Subscriber(id: request.id, key: key, feedID: feedID, generation: generation, connection: self)
+        subscribers[request.id] = subscriber
+        if let resumeAfter {
+            sendText(ServerMessage.subscribed(id: request.id, mode: .resume, cursor: Cursor(epoch: environment.hub.epoch, position: resumeAfter)))
+            subscriber.cursor = resumeAfter
+            catchUp(subscriber)
+        } else {
+            runSnapshot(subscriber, mode: mode)
+        }
+    }
+
+    private func subscriptionFailed(_ id: String, attempt: UInt64, code: ErrorCode, message: String, retryAfterMS: Int?) {
+        guard !closing, resolving[id] == attempt else { return }
+        resolving[id] = nil
+        session.subscriptionEnded(id: id)
+        sendText(ServerMessage.error(code: code, message: message, ref: .string(id), retryAfterMS: retryAfterMS))
+        flushIfNeeded()
+    }
+
+    /// Streams a snapshot, then hands the subscriber to `catchUp`.
+    private func runSnapshot(_ subscriber: Subscriber, mode: ServerMessage.SubscribeMode) {
+        guard let identity else { return }
+        let environment = self.environment
+        let bound = self.bound
+        let loop = context.eventLoop
+        let id = subscriber.id
+        let key = subscriber.key
+        let epoch = environment.hub.epoch
+        subscriber.phase = .starting
+        subscriber.task?.cancel()
+        let boundSubscriber = NIOLoopBound(subscriber, eventLoop: loop)
+        subscriber.task = Task {
+            do {
+                let position = try await environment.reader.snapshot(
+                    key, claims: identity.claims,
+                    chunkRows: environment.configuration.snapshotChunkRows,
+                    chunkBytes: environment.configuration.snapshotChunkBytes,
+                    onStart: { position in
+                        try await bound.writeAndFlush(ServerMessage.subscribed(id: id, mode: mode, cursor: Cursor(epoch: epoch, position: position)), on: loop)
+                    },
+                    onChunk: { rows, done, position in
+                        try await bound.writeAndFlush(ServerMessage.snapshot(sub: id, rows: rows, done: done, cursor: Cursor(epoch: epoch, position: position)), on: loop)
+                    })
+                try Task.checkCancellation()
+                loop.execute {
+                    let connection = bound.value
+                    let subscriber = boundSubscriber.value
+                    guard connection.subscribers[id] === subscriber, subscriber.phase == .starting else { return }
+                    guard let position else {
+                        connection.endSubscription(subscriber, code: .forbidden, message: "not allowed to read this feed")
+                        return
+                    }
+                    subscriber.cursor = position
+                    connection.catchUp(subscriber)
+                }
+            } catch {
+                if Task.isCancelled { return }
+                let (code, message, retry) = SyncConnection.describe(error, logger: environment.logger)
+                loop.execute {
+                    let connection = bound.value
+                    let subscriber = boundSubscriber.value
+                    guard connection.subscribers[id] === subscriber else { return }
+                    connection.endSubscription(subscriber, code: code, message: message, retryAfterMS: retry)
+                }
+            }
+        }
+    }
+
+    /// Brings a subscriber from its cursor to this loop's head — from the in-memory ring when it
+    /// still holds the range, else from Postgres page by page — then makes it live.
+    private func catchUp(_ subscriber: Subscriber) {
+        guard !closing, subscriber.phase == .starting else { return }
+        let fanout = self.fanout
+        let target = fanout.head
+        if subscriber.cursor >= target {
+            fanout.activate(subscriber)
+            return
+        }
+        let encoder = environment.hub.encoder
+        if let records = environment.hub.recentRecords(after: subscriber.cursor, through: target) {
+            let body = encoder.encodeSingle(records, after: subscriber.cursor, through: target, key: subscriber.key)
+            if body.reset { return restart(subscriber, reason: "the feed must be reloaded") }
+            send(body, to: subscriber, through: target)
+            flushIfNeeded()
+            fanout.activate(subscriber)
+            return
+        }
+        let environment = self.environment
+        let bound = self.bound
+        let loop = context.eventLoop
+        let key = subscriber.key
+        let start = subscriber.cursor
+        let boundSubscriber = NIOLoopBound(subscriber, eventLoop: loop)
+        subscriber.task = Task {
+            do {
+                var cursor = start
+                let limit = 1000
+                while cursor < target {
+                    let page = try await environment.reader.catchUpPage(key, after: cursor, through: target, limit: limit)
+                    if page.prunedThrough > cursor {
+                        loop.execute { bound.value.restart(boundSubscriber.value, reason: "history was pruned") }
+                        return
+                    }
+                    let through = page.records.count < limit ? target : page.records.last!.position
+                    let body = encoder.encodeSingle(page.records, after: cursor, through: through, key: key)
+                    if body.reset {
+                        loop.execute { bound.value.restart(boundSubscriber.value, reason: "the feed must be reloaded") }
+                        return
+                    }
+                    try await loop.flatSubmit { () -> EventLoopFuture<Void> in
+                        let connection = bound.value
+                        let subscriber = boundSubscriber.value
+                        guard subscriber.phase == .starting, !connection.closing else { return loop.makeFailedFuture(Abandoned()) }
+                        return connection.sendAndFlush(body, to: subscriber, through: through)
+                    }.get()
+                    cursor = through
+                }
+                try Task.checkCancellation()
+                let reached = cursor
+                loop.execute {
+                    let subscriber = boundSubscriber.value
+                    subscriber.cursor = max(subscriber.cursor, reached)
+                    bound.value.catchUp(subscriber)
+                }
+            } catch {
+                if Task.isCancelled || error is Abandoned { return }
+                let (code, message, retry) = SyncConnection.describe(error, logger: environment.logger)
+                loop.execute {
+                    let connection = bound.value
+                    let subscriber = boundSubscriber.value
+                    guard connection.subscribers[subscriber.id] === subscriber else { return }
+                    connection.endSubscription(subscriber, code: code, message: message, retryAfterMS: retry)
+                }
+            }
+        }
+    }
+
+    /// Restarts a feed from a fresh snapshot (`subscribed` with mode `reset`).
+    func restart(_ subscriber: Subscriber, reason: String) {
+        guard !closing, subscribers[subscriber.id] === subscriber else { return }
+        logger.info("restarting feed", metadata: ["sub": "\(subscriber.id)", "reason": "\(reason)"])
+        fanout.remove(subscriber)
+        runSnapshot(subscriber, mode: .reset)
+    }
+
+    private func unsubscribe(_ id: String) {
+        resolving[id] = nil
+        if let subscriber = subscribers.removeValue(forKey: id) {
+            drop(subscriber)
+        }
+        sendText(ServerMessage.unsubscribed(id: id))
+    }
+
+    /// Ends a subscription from the server side with an `error` (`ref` = its id).
+    private func endSubscription(_ subscriber: Subscriber, code: ErrorCode, message: String, retryAfterMS: Int? = nil) {
+        guard subscribers[subscriber.id] === subscriber else { return }
+        subscribers[subscriber.id] = nil
+        drop(subscriber)
+        session.subscriptionEnded(id: subscriber.id)
+        sendText(ServerMessage.error(code: code, message: message, ref: .string(subscriber.id), retryAfterMS: retryAfterMS))
+        flushIfNeeded()
+    }
+
+    private func drop(_ subscriber: Subscriber) {
+        fanout.remove(subscriber)
+        subscriber.task?.cancel()
+        subscriber.task = nil
+        subscriber.phase = .ended
+        environment.hub.release(subscriber.feedID)
+    }
+
+    // MARK: Output
+
+    /// Writes a feed body for one subscriber (its prefix plus the shared bytes). The connection is
+    /// flushed by the fan-out at the end of the batch. A connection whose outbound queue is over
+    /// its limit is closed with 4008: the client resumes from its cursor.
+    func send(_ body: FeedBody, to subscriber: Subscriber, through: Int64, promise: EventLoopPromise<Void>? = nil) {
+        guard !closing else {
+            promise?.fail(Abandoned())
+            return
+        }
+        guard context.channel.isWritable else {
+            promise?.fail(Abandoned())
+            return close(.tooSlow, reason: "outbound queue full; resume from your cursor")
+        }
+        var frames: [(ByteBuffer, ByteBuffer)] = body.messages.map { (subscriber.messagePrefix, $0.body) }
+        if let changes = body.changes {
+            frames.append((subscriber.changesPrefix, changes))
+            subscriber.lastSent = .now()
+            subscriber.lastSentPosition = through
+        }
+        subscriber.cursor = max(subscriber.cursor, through)
+        guard !frames.isEmpty else {
+            promise?.succeed()
+            return
+        }
+        for (i, (prefix, shared)) in frames.enumerated() {
+            write(prefix: prefix, body: shared, promise: i == frames.count - 1 ? promise : nil)
+        }
+    }
+
+    /// `send`, flushed at once; the future completes when the bytes reached the socket.
+    private func sendAndFlush(_ body: FeedBody, to subscriber: Subscriber, through: Int64) -> EventLoopFuture<Void> {
+        let promise = eventLoop.makePromise(of: Void.self)
+        send(body, to: subscriber, through: through, promise: promise)
+        flushIfNeeded()
+        return promise.futureResult
+    }
+
+    private func write(prefix: ByteBuffer, body: ByteBuffer, promise: EventLoopPromise<Void>? = nil) {
+        // The frame's payload is prefix + body; the encoder writes them as separate buffers, so the
+        // shared body is never copied per subscriber.
+        let frame = WebSocketFrame(fin: true, opcode: .text, data: body, extensionData: prefix)
+        context.write(wrapOutboundOut(frame), promise: promise)
+        needsFlush = true
+        if !queuedForFlush {
+            queuedForFlush = true
+            fanout.needsFlush(self)
+        }
+    }
+
+    func sendText(_ text: String) {
+        guard !closing, let context else { return }
+        let frame = WebSocketFrame(fin: true, opcode: .text, data: context.channel.allocator.buffer(string: text))
+        context.write(wrapOutboundOut(frame), promise: nil)
+        needsFlush = true
+    }
+
+    fileprivate func writeTextAndFlush(_ text: String) -> EventLoopFuture<Void> {
+        guard !closing, let context else { return eventLoop.makeFailedFuture(Abandoned()) }
+        let frame = WebSocketFrame(fin: true, opcode: .text, data: context.channel.allocator.buffer(string: text))
+        needsFlush = false
+        return context.writeAndFlush(wrapOutboundOut(frame))
+    }
+
+    /// Called by the fan-out at the end of a batch.
+    func fanoutFlush() {
+        queuedForFlush = false
+        flushIfNeeded()
+    }
+
+    func flushIfNeeded() {
+        guard needsFlush, let context else { return }
+        needsFlush = false
+        context.flush()
+    }
+
+    // MARK: Closing
+
+    /// Starts the close handshake with `code`; the channel closes when the client answers, or
+    /// after a short grace period.
+    func close(_ code: CloseCode, reason: String) {
+        guard !closing, let context else { return }
+        closing = true
+        session.closed()
+        environment.closesCounter.increment()
+        logger.debug("closing", metadata: ["code": "\(code.rawValue)", "reason": "\(reason)"])
+        var data = context.channel.allocator.buffer(capacity: 2 + 123)
+        data.writeInteger(code.rawValue)
+        data.writeString(String(decoding: reason.utf8.prefix(123), as: UTF8.self))
+        let frame = WebSocketFrame(fin: true, opcode: .connectionClose, data: data)
+        context.writeAndFlush(wrapOutboundOut(frame), promise: nil)
+        let channel = context.channel
+        context.eventLoop.scheduleTask(in: .seconds(3)) { channel.close(promise: nil) }
+        tearDown()
+    }
+
+    private func receivedClose(_ frame: WebSocketFrame) {
+        if closing {
+            context.close(promise: nil)
+            return
+        }
+        closing = true
+        session.closed()
+        var data = frame.unmaskedData
+        var reply = context.channel.allocator.buffer(capacity: 2)
+        if data.readableBytes >= 2, let code = data.readInteger(as: UInt16.self) {
+            reply.writeInteger(Self.isValidCloseCode(code) ? code : CloseCode.protocolError.rawValue)
+        }
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: reply))).whenComplete { _ in
+            channel.close(promise: nil)
+        }
+        tearDown()
+    }
+
+    private static func isValidCloseCode(_ code: UInt16) -> Bool {
+        switch code {
+        case 1000...1003, 1007...1011, 3000...4999: return true
+        default: return false
+        }
+    }
+
+    private func heartbeatTick(period: TimeAmount) {
+        guard !closing, let context else { return }
+        if NIODeadline.now() - lastReceived > period * 2 {
+            logger.debug("closing a connection that stopped answering pings")
+            close(.normal, reason: "no answer to pings")
+            context.eventLoop.scheduleTask(in: .seconds(1)) { [channel = context.channel] in channel.close(promise: nil) }
+            return
+        }
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer())), promise: nil)
+    }
+
+    private var tornDown = false
+
+    /// Releases everything this connection holds in the hub and on the loop. Idempotent.
+    private func tearDown() {
+        guard !tornDown else { return }
+        tornDown = true
+        closing = true
+        heartbeat?.cancel()
+        expiry?.cancel()
+        resolving = [:]
+        if context != nil {
+            for subscriber in subscribers.values { drop(subscriber) }
+            fanout.unregister(self)
+        }
+        subscribers = [:]
+        environment.releaseConnection()
+    }
+
+    // MARK: Errors
+
+    /// Maps an error to what the client may see: protocol code, a message without Postgres text,
+    /// and a retry hint for transient failures.
+    static func describe(_ error: any Error, logger: Logger) -> (ErrorCode, String, Int?) {
+        if let error = error as? ClientFacingError { return (error.code, error.message, nil) }
+        if let error = error as? SynclinePostgresError {
+            switch error.code {
+            case .unknownCollection: return (.notFound, error.message, nil)
+            case .unknownColumn, .invalidValue: return (.badRequest, error.message, nil)
+            case .forbidden: return (.forbidden, error.message, nil)
+            default: break
+            }
+        }
+        logger.error("subscription failed", metadata: ["error": "\(String(reflecting: error))"])
+        return (.unavailable, "the server could not read this feed right now; retry", 1000)
+    }
+}
+
+/// An error whose message is meant for the client.
+struct ClientFacingError: Error {
+    var code: ErrorCode
+    var message: String
+    init(_ code: ErrorCode, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+}
+
+/// Why a session could not open: the close code and reason.
+struct SessionFailure: Error {
+    var code: CloseCode
+    var message: String
+    init(_ code: CloseCode, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+}
+
+extension NIOLoopBound where Value == SyncConnection {
+    /// Writes one text frame from a background task and waits until it is flushed to the socket,
+    /// so snapshots are paced by the client's reading speed.
+    func writeAndFlush(_ text: String, on loop: any EventLoop) async throws {
+        let bound = self
+        try await loop.flatSubmit { bound.value.writeTextAndFlush(text) }.get()
+    }
+}

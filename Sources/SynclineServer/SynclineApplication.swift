@@ -1,0 +1,242 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import PostgresNIO
+import ServiceLifecycle
+import SynclinePostgres
+
+/// A whole Syncline node: (optionally) a private Postgres, migrations, the change tail, the fan-out
+/// hub, the snapshot pool and the HTTP/WebSocket server, run as one `ServiceGroup`.
+public final class SynclineApplication: Sendable {
+    public struct Options: Sendable {
+        /// Postgres to use; nil starts the private development cluster under `developmentDirectory`.
+        public var databaseURL: String?
+        public var developmentDirectory = ".syncline"
+        /// Extra settings for the private cluster (tests use `fsync=off`).
+        public var developmentSettings: [String: String] = [:]
+        public var migrationsDirectory: String
+        /// Load the demo schema (`demoSchemaPath`) and, with `demoGenerator`, insert a transaction
+        /// about every second.
+        public var demoSchemaPath: String?
+        public var demoGenerator = true
+        public var dashboardPath: String?
+        public var server = ServerConfiguration()
+
+        public init(migrationsDirectory: String) {
+            self.migrationsDirectory = migrationsDirectory
+        }
+    }
+
+    public let databaseURL: String
+    private let cluster: DevelopmentCluster?
+    private let group: MultiThreadedEventLoopGroup
+    private let serviceGroup: ServiceGroup
+    private let server: SynclineServer
+    public let hub: Hub
+    private let logger: Logger
+
+    /// Prepares everything that must exist before serving: the cluster, migrations, the demo
+    /// schema, the cursor epoch and the position the tail starts from.
+    public static func prepare(_ options: Options, logger: Logger) async throws -> SynclineApplication {
+        var cluster: DevelopmentCluster?
+        let url: String
+        if let databaseURL = options.databaseURL {
+            url = databaseURL
+        } else {
+            let started = try DevelopmentCluster.start(
+                .init(directory: options.developmentDirectory, settings: options.developmentSettings), logger: logger)
+            cluster = started
+            url = started.url
+        }
+        do {
+            return try await prepare(options, url: url, cluster: cluster, logger: logger)
+        } catch {
+            cluster?.stop(logger: logger)
+            throw error
+        }
+    }
+
+    private static func prepare(_ options: Options, url: String, cluster: DevelopmentCluster?, logger: Logger) async throws -> SynclineApplication {
+        let settings = try PostgresSettings(url: url)
+        let setup = try await PostgresConnection.connect(
+            configuration: try settings.connectionConfiguration(applicationName: "syncline-setup"), id: 0, logger: logger)
+        let epoch: String
+        let head: Int64
+        do {
+            try await Migrator(directory: options.migrationsDirectory).migrate(setup, logger: logger)
+            if let demo = options.demoSchemaPath {
+                try await Migrator.runScript(try String(contentsOfFile: demo, encoding: .utf8), on: setup, logger: logger)
+                logger.info("demo schema loaded", metadata: ["users": "alice, bob"])
+            }
+            var e = ""
+            for try await value in try await setup.query("SELECT value FROM syncline.meta WHERE key = 'epoch'", logger: logger).decode(String.self) {
+                e = value
+            }
+            var h: Int64 = 0
+            for try await value in try await setup.query("SELECT syncline.head()", logger: logger).decode(Int64.self) {
+                h = value
+            }
+            epoch = e
+            head = h
+            try await setup.close()
+        } catch {
+            try? await setup.close()
+            throw error
+        }
+
+        var configuration = options.server
+        var authenticatorSecret = configuration.jwtSecret
+        if configuration.demo && authenticatorSecret == nil && configuration.jwksJSON == nil {
+            // The demo mints its own tokens at /demo/token with a secret that lives as long as the process.
+            authenticatorSecret = (0..<4).map { _ in UUID().uuidString }.joined()
+            logger.info("demo mode: signing demo tokens with an ephemeral HS256 secret")
+        }
+        configuration.jwtSecret = authenticatorSecret
+        let authenticator = try await Authenticator(
+            hmacSecret: authenticatorSecret, jwksJSON: configuration.jwksJSON, allowUnsigned: configuration.insecureDevAuth)
+        guard authenticator.acceptsTokens else {
+            throw SynclinePostgresError(.clusterSetup,
+                "no way to authenticate: give --jwt-secret or --jwks-file (or --insecure-dev-auth for development)")
+        }
+        if configuration.insecureDevAuth {
+            logger.warning("--insecure-dev-auth: unsigned tokens are accepted; never use this in production")
+        }
+
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.eventLoopThreads))
+        let main = PostgresClient(configuration: try settings.clientConfiguration(applicationName: "syncline", maximumConnections: 8),
+                                  backgroundLogger: logger)
+        let snapshots = PostgresClient(
+            configuration: try settings.clientConfiguration(applicationName: "syncline-snapshot",
+                                                            maximumConnections: configuration.snapshotConcurrency),
+            backgroundLogger: logger)
+        let catalog = CollectionCatalog(client: snapshots, logger: logger)
+        let reader = FeedReader(client: snapshots, catalog: catalog, logger: logger)
+        let hub = Hub(epoch: epoch, head: head, configuration: configuration, group: group, logger: logger)
+        let environment = SyncEnvironment(
+            configuration: configuration, hub: hub, reader: reader, clients: ClientRegistry(client: main, logger: logger),
+            authenticator: authenticator, logger: logger)
+        let tail = ChangeTail(
+            connection: try settings.connectionConfiguration(applicationName: "syncline-tail"), startAfter: head, logger: logger
+        ) { event in hub.handle(event) }
+        var dashboard: ByteBuffer?
+        if configuration.demo, let url = options.dashboardPath.map({ URL(fileURLWithPath: $0) }) ?? bundledDashboard {
+            dashboard = ByteBuffer(bytes: try Data(contentsOf: url))
+        }
+        let server = SynclineServer(environment: environment, group: group, dashboard: dashboard)
+        var services: [any Service] = [main, snapshots, tail, HeartbeatService(hub: hub, group: group), server]
+        if options.demoSchemaPath != nil && options.demoGenerator {
+            services.append(DemoGenerator(client: main, logger: logger))
+        }
+        let serviceGroup = ServiceGroup(configuration: .init(
+            services: services.map { .init(service: $0, successTerminationBehavior: .gracefullyShutdownGroup,
+                                           failureTerminationBehavior: .gracefullyShutdownGroup) },
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger))
+        return SynclineApplication(databaseURL: url, cluster: cluster, group: group, serviceGroup: serviceGroup,
+                                   server: server, hub: hub, logger: logger)
+    }
+
+    private init(databaseURL: String, cluster: DevelopmentCluster?, group: MultiThreadedEventLoopGroup,
+                 serviceGroup: ServiceGroup, server: SynclineServer, hub: Hub, logger: Logger) {
+        self.databaseURL = databaseURL
+        self.cluster = cluster
+        self.group = group
+        self.serviceGroup = serviceGroup
+        self.server = server
+        self.hub = hub
+        self.logger = logger
+    }
+
+    /// Serves until SIGINT/SIGTERM or `shutdown()`, then stops the private cluster if it started one.
+    public func run() async throws {
+        defer {
+            cluster?.stop(logger: logger)
+        }
+        do {
+            try await serviceGroup.run()
+        } catch {
+            try? await group.shutdownGracefully()
+            throw error
+        }
+        try? await group.shutdownGracefully()
+    }
+
+    /// Starts a graceful shutdown (WebSockets close with 1001).
+    public func shutdown() async {
+        await serviceGroup.triggerGracefulShutdown()
+    }
+
+    /// The port the server bound (waits until it has).
+    public var port: Int {
+        get async throws { try await server.port }
+    }
+}
+
+/// Every few seconds, advances the cursor of live feeds that got nothing for a while (protocol §2:
+/// at least every 10 s), one task per event loop.
+struct HeartbeatService: Service {
+    let hub: Hub
+    let group: any EventLoopGroup
+
+    func run() async throws {
+        while !Task.isShuttingDownGracefully {
+            try? await Task.sleep(for: .seconds(2))
+            for loop in group.makeIterator() {
+                let hub = self.hub
+                loop.execute { hub.fanout(on: loop).advanceIdle(olderThan: .seconds(5)) }
+            }
+        }
+    }
+}
+
+/// The demo's generator: one small random transaction about every second.
+struct DemoGenerator: Service {
+    let client: PostgresClient
+    let logger: Logger
+
+    func run() async throws {
+        while !Task.isShuttingDownGracefully {
+            try? await Task.sleep(for: .milliseconds(Int.random(in: 600...1400)))
+            do {
+                try await client.query("SELECT demo.generate()", logger: logger)
+            } catch {
+                logger.debug("demo generator: \(error)")
+            }
+        }
+    }
+}
+
+extension SynclineApplication {
+    /// `syncline migrate`: applies the migrations (to the private cluster when no URL is given,
+    /// which is started and stopped for it).
+    public static func migrate(databaseURL: String?, developmentDirectory: String, migrationsDirectory: String,
+                               logger: Logger) async throws -> [String] {
+        var cluster: DevelopmentCluster?
+        let url: String
+        if let databaseURL {
+            url = databaseURL
+        } else {
+            let started = try DevelopmentCluster.start(.init(directory: developmentDirectory), logger: logger)
+            cluster = started
+            url = started.url
+        }
+        defer { cluster?.stop(logger: logger) }
+        let settings = try PostgresSettings(url: url)
+        let connection = try await PostgresConnection.connect(
+            configuration: try settings.connectionConfiguration(applicationName: "syncline-migrate"), id: 0, logger: logger)
+        do {
+            let applied = try await Migrator(directory: migrationsDirectory).migrate(connection, logger: logger)
+            try await connection.close()
+            return applied
+        } catch {
+            try? await connection.close()
+            throw error
+        }
+    }
+
+    /// The dashboard shipped with the server.
+    static var bundledDashboard: URL? {
+        Bundle.module.url(forResource: "dashboard", withExtension: "html")
+    }
+}

@@ -1,0 +1,153 @@
+import ArgumentParser
+import Foundation
+import Logging
+import Metrics
+import Prometheus
+import SynclineServer
+
+@main
+struct Syncline: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "syncline",
+        abstract: "A real-time sync server: Postgres change feeds over WebSocket.",
+        subcommands: [Serve.self, Migrate.self],
+        defaultSubcommand: Serve.self)
+}
+
+/// Where the project's SQL lives: next to the working directory, else next to the sources this
+/// binary was built from (so `swift run` works from any folder of the checkout).
+enum ProjectPaths {
+    static var root: String {
+        let cwd = FileManager.default.currentDirectoryPath
+        if FileManager.default.fileExists(atPath: cwd + "/migrations") { return cwd }
+        return URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().path
+    }
+}
+
+struct DatabaseOptions: ParsableArguments {
+    @Option(name: .customLong("database-url"), help: "Postgres URL (env DATABASE_URL). Without it a private cluster is started under --dev-data-dir.")
+    var databaseURL: String? = ProcessInfo.processInfo.environment["DATABASE_URL"]
+
+    @Option(name: .customLong("dev-data-dir"), help: "Folder of the private development cluster.")
+    var devDataDir = ".syncline"
+
+    @Option(name: .customLong("migrations-dir"), help: "Folder of the migration files.")
+    var migrationsDir = ProjectPaths.root + "/migrations"
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical (env SYNCLINE_LOG_LEVEL).")
+    var logLevel = ProcessInfo.processInfo.environment["SYNCLINE_LOG_LEVEL"] ?? "info"
+
+    func logger() -> Logger {
+        var logger = Logger(label: "syncline")
+        logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+        return logger
+    }
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Migrate, then serve /v1/sync and the HTTP routes.")
+
+    @OptionGroup var database: DatabaseOptions
+
+    @Option(help: "Address to listen on (env SYNCLINE_HOST).")
+    var host = ProcessInfo.processInfo.environment["SYNCLINE_HOST"] ?? "127.0.0.1"
+
+    @Option(help: "Port to listen on; 0 picks a free one (env SYNCLINE_PORT).")
+    var port = Int(ProcessInfo.processInfo.environment["SYNCLINE_PORT"] ?? "") ?? 8080
+
+    @Option(name: .customLong("jwt-secret"), help: "HS256 secret, at least 16 bytes (env SYNCLINE_JWT_SECRET).")
+    var jwtSecret: String? = ProcessInfo.processInfo.environment["SYNCLINE_JWT_SECRET"]
+
+    @Option(name: .customLong("jwks-file"), help: "JWKS file with RS256/ES256 public keys (env SYNCLINE_JWKS_FILE).")
+    var jwksFile: String? = ProcessInfo.processInfo.environment["SYNCLINE_JWKS_FILE"]
+
+    @Flag(name: .customLong("insecure-dev-auth"), help: "Accept unsigned development tokens. Never in production.")
+    var insecureDevAuth = false
+
+    @Flag(help: "Load the demo schema and seed data, run its generator and serve the live dashboard at /.")
+    var demo = false
+
+    @Flag(name: .customLong("no-demo-generator"), help: "With --demo: do not insert a transaction every second.")
+    var noDemoGenerator = false
+
+    @Option(name: .customLong("max-message-bytes"), help: "Largest client message (1009 above).")
+    var maxMessageBytes = 1 << 20
+
+    @Option(name: .customLong("max-outbound-bytes"), help: "Outbound queue per connection before closing it with 4008.")
+    var maxOutboundBytes = 4 << 20
+
+    @Option(name: .customLong("max-connections"), help: "Concurrent WebSocket connections (HTTP 503 above).")
+    var maxConnections = 50_000
+
+    @Option(name: .customLong("max-subscriptions"), help: "Subscriptions per connection.")
+    var maxSubscriptions = 100
+
+    @Option(name: .customLong("max-messages-per-second"), help: "Client messages per second per connection.")
+    var maxMessagesPerSecond = 200
+
+    @Option(name: .customLong("heartbeat-ms"), help: "WebSocket ping period; silent for two periods closes.")
+    var heartbeatMS: Int64 = 15_000
+
+    @Option(name: .customLong("snapshot-concurrency"), help: "Concurrent snapshot and catch-up reads.")
+    var snapshotConcurrency = 4
+
+    @Option(name: .customLong("ring-capacity"), help: "Recent changes kept in memory for catch-ups.")
+    var ringCapacity = 20_000
+
+    @Option(name: .customLong("event-loop-threads"), help: "Event loop threads (default: cores).")
+    var eventLoopThreads = ProcessInfo.processInfo.activeProcessorCount
+
+    func run() async throws {
+        let logger = database.logger()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: SynclineMetrics.registry))
+        var options = SynclineApplication.Options(migrationsDirectory: database.migrationsDir)
+        options.databaseURL = database.databaseURL
+        options.developmentDirectory = database.devDataDir
+        if demo {
+            options.demoSchemaPath = ProjectPaths.root + "/examples/demo/schema.sql"
+            options.demoGenerator = !noDemoGenerator
+        }
+        var server = ServerConfiguration()
+        server.host = host
+        server.port = port
+        server.jwtSecret = jwtSecret
+        if let jwksFile {
+            server.jwksJSON = try String(contentsOfFile: jwksFile, encoding: .utf8)
+        }
+        server.insecureDevAuth = insecureDevAuth
+        server.demo = demo
+        server.maximumMessageBytes = maxMessageBytes
+        server.maximumOutboundBytes = maxOutboundBytes
+        server.maximumConnections = maxConnections
+        server.maximumSubscriptionsPerConnection = maxSubscriptions
+        server.maximumMessagesPerSecond = maxMessagesPerSecond
+        server.heartbeatMilliseconds = heartbeatMS
+        server.snapshotConcurrency = snapshotConcurrency
+        server.ringCapacity = ringCapacity
+        server.eventLoopThreads = eventLoopThreads
+        options.server = server
+        let app: SynclineApplication
+        do {
+            app = try await SynclineApplication.prepare(options, logger: logger)
+        } catch {
+            logger.critical("could not start: \(String(reflecting: error))")
+            throw ExitCode.failure
+        }
+        try await app.run()
+    }
+}
+
+struct Migrate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Apply migrations/*.sql in order, once each.")
+
+    @OptionGroup var database: DatabaseOptions
+
+    func run() async throws {
+        let logger = database.logger()
+        let applied = try await SynclineApplication.migrate(
+            databaseURL: database.databaseURL, developmentDirectory: database.devDataDir,
+            migrationsDirectory: database.migrationsDir, logger: logger)
+        print(applied.isEmpty ? "up to date" : "applied: " + applied.joined(separator: ", "))
+    }
+}
