@@ -79,14 +79,32 @@ public final class ChangeTail: Service, Sendable {
     }
 
     private func follow(_ connection: PostgresConnection, position: NIOLockedValueBox<Int64>) async throws {
+        // Closing the connection is what ends every wait below (the notification stream, the close
+        // future, a query in flight), so cancellation — graceful shutdown — closes it.
+        try await withTaskCancellationHandler {
+            try await listenAndRead(connection, position: position)
+        } onCancel: {
+            let _: EventLoopFuture<Void> = connection.close()
+        }
+    }
+
+    private func listenAndRead(_ connection: PostgresConnection, position: NIOLockedValueBox<Int64>) async throws {
         let (wakeups, wake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         try await connection.listen(on: Self.channel) { notifications in
             // LISTEN is active: from here on no commit can go unnoticed. Read what came before.
             sink(.listening(true))
             wake.yield()
+            // Not a child task: the notification stream need not honour cancellation, and must not
+            // hold up leaving this scope. It ends when the connection closes.
+            let forward = Task {
+                do {
+                    for try await _ in notifications { wake.yield() }
+                } catch {}
+            }
+            defer { forward.cancel() }
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask {
-                    for try await _ in notifications { wake.yield() }
+                    try await connection.closeFuture.get()
                     throw SynclinePostgresError(.unavailable, "LISTEN connection closed")
                 }
                 group.addTask { [configuration] in
@@ -101,9 +119,11 @@ public final class ChangeTail: Service, Sendable {
                         current = try await self.readAvailable(connection, after: current)
                         position.withLockedValue { [current] in $0 = current }
                     }
+                    try Task.checkCancellation()
                 }
+                defer { group.cancelAll() }
                 try await group.next()
-                group.cancelAll()
+                let _: EventLoopFuture<Void> = connection.close()
             }
         }
     }

@@ -127,7 +127,9 @@ extension ClientMessage {
             case .string(let a)?: after = a
             default: throw fail("'after' must be a cursor string", ref: ref)
             }
-            let collection = value["collection"], topic = value["topic"]
+            // `null` means absent, as for every optional field.
+            let collection = value["collection"] == .null ? nil : value["collection"]
+            let topic = value["topic"] == .null ? nil : value["topic"]
             switch (collection, topic) {
             case (.some, .some): throw fail("give either 'collection' or 'topic', not both", ref: ref)
             case (nil, nil): throw fail("subscribe needs 'collection' or 'topic'", ref: ref)

@@ -18,7 +18,7 @@ public struct Cursor: Hashable, Sendable, CustomStringConvertible {
         let epoch = text[..<dot]
         let digits = text[text.index(after: dot)...]
         guard !epoch.isEmpty, epoch.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }),
-              !digits.isEmpty, digits.utf8.count <= 18, digits.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
+              !digits.isEmpty, digits.utf8.count <= 19, digits.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
               let position = Int64(digits)
         else { return nil }
         self.epoch = String(epoch)

@@ -31,8 +31,8 @@ public final class Authenticator: Sendable {
         } else {
             let collection = JWTKeyCollection()
             if let hmacSecret {
-                guard hmacSecret.utf8.count >= 16 else {
-                    throw AuthenticationError(message: "the JWT secret must be at least 16 bytes")
+                guard hmacSecret.utf8.count >= 32 else {
+                    throw AuthenticationError(message: "the JWT secret must be at least 32 bytes (HS256)")
                 }
                 await collection.add(hmac: HMACKey(from: hmacSecret), digestAlgorithm: .sha256)
             }

@@ -56,7 +56,7 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Port to listen on; 0 picks a free one (env SYNCLINE_PORT).")
     var port = Int(ProcessInfo.processInfo.environment["SYNCLINE_PORT"] ?? "") ?? 8080
 
-    @Option(name: .customLong("jwt-secret"), help: "HS256 secret, at least 16 bytes (env SYNCLINE_JWT_SECRET).")
+    @Option(name: .customLong("jwt-secret"), help: "HS256 secret, at least 32 bytes (env SYNCLINE_JWT_SECRET).")
     var jwtSecret: String? = ProcessInfo.processInfo.environment["SYNCLINE_JWT_SECRET"]
 
     @Option(name: .customLong("jwks-file"), help: "JWKS file with RS256/ES256 public keys (env SYNCLINE_JWKS_FILE).")

@@ -1,0 +1,86 @@
+import Foundation
+import Logging
+import SynclineServer
+import Testing
+
+/// A real Syncline node on a free port, over its own database in the test cluster, with the demo
+/// schema (no generator): HS256 tokens with `TestServer.secret`, and unsigned dev tokens.
+struct TestServer: Sendable {
+    static let secret = "test-secret-0123456789abcdef-0123456789"
+
+    let app: SynclineApplication
+    let port: Int
+    let database: TestDatabase
+    private let running: Task<Void, any Error>
+
+    var url: String { "ws://127.0.0.1:\(port)/v1/sync" }
+
+    static func start(
+        database: TestDatabase? = nil, configure: (inout SynclineApplication.Options) -> Void = { _ in }
+    ) async throws -> TestServer {
+        let database = try database ?? TestDatabase(url: TestCluster.makeDatabase())
+        var options = SynclineApplication.Options(migrationsDirectory: repositoryRoot + "/migrations")
+        options.databaseURL = database.url
+        options.demoSchemaPath = repositoryRoot + "/examples/demo/schema.sql"
+        options.demoGenerator = false
+        options.server.port = 0
+        options.server.jwtSecret = secret
+        options.server.insecureDevAuth = true
+        options.server.eventLoopThreads = 2
+        options.server.heartbeatMilliseconds = 2_000
+        configure(&options)
+        let app = try await SynclineApplication.prepare(options, logger: TestCluster.logger)
+        let running = Task { try await app.run() }
+        let port = try await app.port
+        let server = TestServer(app: app, port: port, database: database, running: running)
+        try await server.waitUntilReady()
+        return server
+    }
+
+    /// Waits until the change tail is listening.
+    func waitUntilReady() async throws {
+        let deadline = ContinuousClock.now + .seconds(20)
+        while !app.hub.isListening {
+            guard ContinuousClock.now < deadline else { throw TestFailure("server never became ready") }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    /// Shuts down gracefully; a shutdown that hangs is a bug, reported instead of hanging the suite.
+    func stop() async {
+        await app.shutdown()
+        let running = self.running
+        let finished = await withTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                _ = try? await running.value
+                return true
+            }
+            group.addTask {
+                try? await Task.sleep(for: .seconds(20))
+                return false
+            }
+            let first = await group.next()!
+            group.cancelAll()
+            return first
+        }
+        if !finished {
+            Issue.record("the server did not shut down within 20 s")
+        }
+    }
+
+    /// Starts a server, runs `body`, and always stops the server.
+    static func with<T: Sendable>(
+        configure: (inout SynclineApplication.Options) -> Void = { _ in },
+        _ body: (TestServer) async throws -> T
+    ) async throws -> T {
+        let server = try await start(configure: configure)
+        do {
+            let result = try await body(server)
+            await server.stop()
+            return result
+        } catch {
+            await server.stop()
+            throw error
+        }
+    }
+}

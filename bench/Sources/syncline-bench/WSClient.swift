@@ -1,0 +1,544 @@
+import Histogram
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOWebSocket
+
+/// What every connection does once upgraded.
+enum ConnectionMode: Sendable {
+    /// `hello` → `welcome`, then stays idle.
+    case idle
+    /// `hello` → `welcome` → `subscribe` → snapshot `done: true`, then counts `changes`.
+    case subscribe(frame: String)
+}
+
+/// Per-run settings shared (read-only) by every connection.
+struct ClientSettings: Sendable {
+    var host: String
+    var port: Int
+    var path: String
+    var token: String
+    var clientIDPrefix: String
+    var mode: ConnectionMode
+    var maxFrameSize: Int
+    /// Deliveries each connection must receive before it counts as finished (fanout).
+    var expectedPerConnection: Int
+}
+
+/// Everything one event loop's connections share: its histogram and counters. Only ever touched
+/// on that event loop, so no locks; merged at the end.
+final class LoopState {
+    let expected: Int
+    /// Connections assigned to this loop that completed their setup.
+    var readyConnections = 0
+    var connections: [WSConnectionHandler] = []
+    var histogram = Histogram<UInt64>(
+        lowestDiscernibleValue: 1, highestTrackableValue: LoopState.histogramMax, numberOfSignificantValueDigits: .three)
+    static let histogramMax: UInt64 = 3_600_000_000  // one hour, in µs
+    var deliveries = 0
+    var badTimestamps = 0
+    var firstDelivery: Int64 = .max
+    var lastDelivery: Int64 = 0
+    /// Connections that received all their deliveries, or were lost after setup.
+    var finished = 0
+    var dropped = 0
+    var errorFrames = 0
+    var firstError: String?
+    var resets = 0
+    var closeCodes: [Int: Int] = [:]
+    var measuring = false
+    var timedOut = false
+    private var done: EventLoopPromise<Void>?
+    private var timeout: Scheduled<Void>?
+
+    init(expected: Int) { self.expected = expected }
+
+    /// Arms completion tracking once every connection is set up: `done` succeeds when every
+    /// connection of this loop has finished, or at `timeoutSeconds`.
+    func startMeasuring(on loop: any EventLoop, timeoutSeconds: Double) -> EventLoopFuture<Void> {
+        let promise = loop.makePromise(of: Void.self)
+        self.done = promise
+        self.measuring = true
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        self.timeout = loop.scheduleTask(in: .milliseconds(Int64(timeoutSeconds * 1000))) {
+            bound.value.timedOut = true
+            bound.value.complete()
+        }
+        self.checkDone()
+        return promise.futureResult
+    }
+
+    func connectionFinished() {
+        self.finished += 1
+        self.checkDone()
+    }
+
+    private func checkDone() {
+        if self.measuring, self.finished >= self.readyConnections { self.complete() }
+    }
+
+    private func complete() {
+        self.timeout?.cancel()
+        self.timeout = nil
+        if let done = self.done {
+            self.done = nil
+            self.measuring = false
+            done.succeed(())
+        }
+    }
+
+    func noteError(_ message: String) {
+        self.errorFrames += 1
+        if self.firstError == nil { self.firstError = message }
+    }
+
+    func results() -> LoopResults {
+        var missing = 0
+        var extra = 0
+        for c in self.connections {
+            let n = Int(c.deliveries)
+            if n < self.expected { missing += self.expected - n }
+            if n > self.expected { extra += n - self.expected }
+        }
+        return LoopResults(
+            histogram: self.histogram, deliveries: self.deliveries, badTimestamps: self.badTimestamps,
+            firstDelivery: self.firstDelivery, lastDelivery: self.lastDelivery, missing: missing, extra: extra,
+            dropped: self.dropped, errorFrames: self.errorFrames, firstError: self.firstError, resets: self.resets,
+            closeCodes: self.closeCodes, timedOut: self.timedOut)
+    }
+}
+
+struct LoopResults: Sendable {
+    var histogram: Histogram<UInt64>
+    var deliveries: Int
+    var badTimestamps: Int
+    var firstDelivery: Int64
+    var lastDelivery: Int64
+    var missing: Int
+    var extra: Int
+    var dropped: Int
+    var errorFrames: Int
+    var firstError: String?
+    var resets: Int
+    var closeCodes: [Int: Int]
+    var timedOut: Bool
+}
+
+/// Sends the upgrade request when the channel becomes active and turns a refused upgrade or an early
+/// failure into a failed `ready` promise. Removed from the pipeline when the upgrade succeeds.
+final class UpgradeRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    static let name = "syncline-bench.upgrade-request"
+    private let settings: ClientSettings
+    private var ready: EventLoopPromise<Void>?
+
+    init(settings: ClientSettings, ready: EventLoopPromise<Void>) {
+        self.settings = settings
+        self.ready = ready
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        var headers = HTTPHeaders()
+        headers.add(name: "Host", value: "\(self.settings.host):\(self.settings.port)")
+        headers.add(name: "Sec-WebSocket-Protocol", value: "syncline.v1")
+        headers.add(name: "Content-Length", value: "0")
+        let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: self.settings.path, headers: headers)
+        context.write(self.wrapOutboundOut(.head(head)), promise: nil)
+        context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        // Only reached when the upgrade was refused: the upgrade handler forwards the response.
+        if case .head(let head) = self.unwrapInboundIn(data) {
+            self.fail(BenchError("upgrade refused: HTTP \(head.status.code) \(head.status.reasonPhrase)"))
+            context.close(promise: nil)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        self.fail(error)
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.fail(BenchError("connection closed during the WebSocket handshake"))
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.ready = nil  // the WebSocket handler owns it from now on
+    }
+
+    private func fail(_ error: any Error) {
+        if let ready = self.ready {
+            self.ready = nil
+            ready.fail(error)
+        }
+    }
+}
+
+/// One WebSocket connection of the load client. Small on purpose: a few words of state; the
+/// histogram and counters live in the loop's `LoopState`.
+final class WSConnectionHandler: ChannelInboundHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+
+    private enum Phase: UInt8 { case awaitingWelcome, awaitingSnapshot, live, closing, closed }
+
+    private let index: Int32
+    private var phase: Phase = .awaitingWelcome
+    private(set) var deliveries: Int32 = 0
+    private var finished = false
+    private let state: LoopState
+    private let settings: ClientSettings
+    private var ready: EventLoopPromise<Void>?
+    private var fragments: ByteBuffer?
+    private var context: ChannelHandlerContext?
+
+    init(index: Int, state: LoopState, settings: ClientSettings, ready: EventLoopPromise<Void>) {
+        self.index = Int32(index)
+        self.state = state
+        self.settings = settings
+        self.ready = ready
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        self.state.connections.append(self)
+        let hello = #"{"type":"hello","client_id":"\#(self.settings.clientIDPrefix)-\#(self.index)","token":"\#(self.settings.token)"}"#
+        self.sendText(hello, context: context)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    private func sendText(_ text: String, context: ChannelHandlerContext) {
+        let buffer = context.channel.allocator.buffer(string: text)
+        let frame = WebSocketFrame(fin: true, opcode: .text, maskKey: .random(), data: buffer)
+        context.writeAndFlush(self.wrapOutboundOut(frame), promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = self.unwrapInboundIn(data)
+        switch frame.opcode {
+        case .text, .binary:
+            if frame.fin {
+                self.handleMessage(frame.unmaskedData, context: context)
+            } else {
+                self.fragments = frame.unmaskedData
+            }
+        case .continuation:
+            guard var partial = self.fragments else { return }
+            var chunk = frame.unmaskedData
+            partial.writeBuffer(&chunk)
+            if frame.fin {
+                self.fragments = nil
+                self.handleMessage(partial, context: context)
+            } else {
+                self.fragments = partial
+            }
+        case .ping:
+            let pong = WebSocketFrame(fin: true, opcode: .pong, maskKey: .random(), data: frame.unmaskedData)
+            context.writeAndFlush(self.wrapOutboundOut(pong), promise: nil)
+        case .connectionClose:
+            var data = frame.unmaskedData
+            let code = data.readInteger(as: UInt16.self).map(Int.init) ?? 1005
+            if self.phase != .closing {
+                self.state.closeCodes[code, default: 0] += 1
+                // Echo the close (masked), then hang up.
+                var payload = context.channel.allocator.buffer(capacity: 2)
+                payload.writeInteger(UInt16(code == 1005 ? 1000 : code))
+                let close = WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: .random(), data: payload)
+                context.writeAndFlush(self.wrapOutboundOut(close), promise: nil)
+            }
+            self.failReady(BenchError("server closed the connection with code \(code)"))
+            self.phase = .closed
+            context.close(promise: nil)
+        default:
+            break
+        }
+    }
+
+    private func handleMessage(_ buffer: ByteBuffer, context: ChannelHandlerContext) {
+        buffer.withUnsafeReadableBytes { p in
+            let type = FrameScan.messageType(p)
+            switch self.phase {
+            case .live:
+                if type == .changes {
+                    self.recordChanges(p)
+                } else if type == .subscribed {
+                    self.state.resets += 1  // a restarted feed (mode reset) during the run
+                } else if type == .error {
+                    self.state.noteError(Self.describeError(p))
+                }
+            case .awaitingWelcome:
+                if type == .welcome {
+                    switch self.settings.mode {
+                    case .idle:
+                        self.phase = .live
+                        self.succeedReady()
+                    case .subscribe(let frame):
+                        self.phase = .awaitingSnapshot
+                        self.sendText(frame, context: context)
+                    }
+                } else if type == .error {
+                    self.failReady(BenchError("error before welcome: \(Self.describeError(p))"))
+                }
+            case .awaitingSnapshot:
+                if type == .snapshot {
+                    if FrameScan.isDone(p) {
+                        self.phase = .live
+                        self.succeedReady()
+                    }
+                } else if type == .error {
+                    self.failReady(BenchError("subscribe failed: \(Self.describeError(p))"))
+                } else if type == .changes {
+                    self.recordChanges(p)
+                }
+            case .closing, .closed:
+                break
+            }
+        }
+    }
+
+    @inline(__always)
+    private func recordChanges(_ p: UnsafeRawBufferPointer) {
+        let now = wallMicros()
+        let state = self.state
+        let n = FrameScan.forEachCreatedAt(p) { ts in
+            if let ts {
+                let latency = now - ts
+                let v = latency <= 0 ? 0 : min(UInt64(latency), LoopState.histogramMax)
+                _ = state.histogram.record(v)
+            } else {
+                state.badTimestamps += 1
+            }
+        }
+        guard n > 0 else { return }
+        self.deliveries &+= Int32(truncatingIfNeeded: n)
+        state.deliveries += n
+        if now > state.lastDelivery { state.lastDelivery = now }
+        if now < state.firstDelivery { state.firstDelivery = now }
+        if !self.finished, Int(self.deliveries) >= state.expected {
+            self.finished = true
+            state.connectionFinished()
+        }
+    }
+
+    private static func describeError(_ p: UnsafeRawBufferPointer) -> String {
+        let code = FrameScan.stringField(p, key: FrameScan.codeKey, anchor: 2) ?? "?"
+        let message = FrameScan.stringField(p, key: FrameScan.messageKey, anchor: 3) ?? ""
+        return "\(code): \(message)"
+    }
+
+    private func succeedReady() {
+        if let ready = self.ready {
+            self.ready = nil
+            self.state.readyConnections += 1
+            ready.succeed(())
+        }
+    }
+
+    private func failReady(_ error: any Error) {
+        if let ready = self.ready {
+            self.ready = nil
+            ready.fail(error)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        self.failReady(error)
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.failReady(BenchError("connection closed before setup completed"))
+        if self.phase == .live, !self.finished {
+            // Lost after setup: it will never finish; stop waiting for it.
+            self.finished = true
+            self.state.dropped += 1
+            self.state.connectionFinished()
+        }
+        self.phase = .closed
+        context.fireChannelInactive()
+    }
+
+    /// Starts a normal close (1000); the channel closes when the server echoes it.
+    func beginClose() {
+        guard let context = self.context, self.phase != .closed, self.phase != .closing else { return }
+        if !self.finished { self.finished = true }  // not a drop: we are leaving
+        self.phase = .closing
+        var payload = context.channel.allocator.buffer(capacity: 2)
+        payload.writeInteger(UInt16(1000))
+        let close = WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: .random(), data: payload)
+        context.writeAndFlush(self.wrapOutboundOut(close), promise: nil)
+    }
+}
+
+/// Opens WebSocket connections on a fixed set of event loops, from a set of source addresses.
+struct ConnectionFactory: Sendable {
+    let loops: [any EventLoop]
+    let states: [NIOLoopBound<LoopState>]
+    let settings: ClientSettings
+    let sources: [SocketAddress]
+    let target: SocketAddress
+    let setupTimeout: TimeAmount
+
+    /// Starts connection `index`; the future succeeds when it is set up (welcome, or snapshot done).
+    func connect(index: Int) -> EventLoopFuture<Void> {
+        let loop = self.loops[index % self.loops.count]
+        let bound = self.states[index % self.loops.count]
+        let ready = loop.makePromise(of: Void.self)
+        let settings = self.settings
+        let timeout = loop.scheduleTask(in: self.setupTimeout) {
+            ready.fail(BenchError("setup timed out"))
+        }
+        ready.futureResult.whenComplete { _ in timeout.cancel() }
+
+        var bootstrap = ClientBootstrap(group: loop)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .channelOption(.socketOption(.so_reuseaddr), value: 1)
+        if !self.sources.isEmpty {
+            #if os(Linux)
+            // IP_BIND_ADDRESS_NO_PORT (24): pick the source port at connect time, per 4-tuple,
+            // so that many connections can share one source address.
+            bootstrap = bootstrap.channelOption(
+                ChannelOptions.Types.SocketOption(level: .ip, name: .init(rawValue: 24)), value: 1)
+            #endif
+            bootstrap = bootstrap.bind(to: self.sources[index % self.sources.count])
+        }
+        bootstrap = bootstrap.channelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                let upgrader = NIOWebSocketClientUpgrader(
+                    maxFrameSize: settings.maxFrameSize,
+                    automaticErrorHandling: false,
+                    upgradePipelineHandler: { channel, _ in
+                        channel.eventLoop.makeCompletedFuture {
+                            let handler = WSConnectionHandler(
+                                index: index, state: bound.value, settings: settings, ready: ready)
+                            try channel.pipeline.syncOperations.addHandler(handler)
+                        }
+                    })
+                let sync = channel.pipeline.syncOperations
+                try sync.addHTTPClientHandlers(
+                    leftOverBytesStrategy: .forwardBytes,
+                    withClientUpgrade: (
+                        upgraders: [upgrader],
+                        completionHandler: { context in
+                            context.pipeline.syncOperations.removeHandler(
+                                name: UpgradeRequestHandler.name, promise: nil)
+                        }
+                    ))
+                try sync.addHandler(
+                    UpgradeRequestHandler(settings: settings, ready: ready), name: UpgradeRequestHandler.name)
+            }
+        }
+        bootstrap.connect(to: self.target).whenFailure { error in
+            ready.fail(error)
+        }
+        return ready.futureResult
+    }
+}
+
+/// Opens `count` connections, at most `concurrency` setting up at once. Returns the number that
+/// failed and up to five distinct error descriptions.
+func openConnections(
+    factory: ConnectionFactory, count: Int, concurrency: Int, progress: Bool
+) async -> (failures: Int, errors: [String]) {
+    var pending: [EventLoopFuture<Void>] = []
+    pending.reserveCapacity(concurrency)
+    var head = 0
+    var failures = 0
+    var errors: [String] = []
+    var completed = 0
+    let started = monotonicSeconds()
+    var lastReport = started
+
+    func settle(_ future: EventLoopFuture<Void>) async {
+        do {
+            try await future.get()
+        } catch {
+            failures += 1
+            let text = "\(error)"
+            if errors.count < 5, !errors.contains(text) { errors.append(text) }
+        }
+        completed += 1
+        if progress {
+            let now = monotonicSeconds()
+            if now - lastReport >= 2 {
+                lastReport = now
+                print("  … \(completed)/\(count) connections set up (\(failures) failed)")
+            }
+        }
+    }
+
+    for i in 0..<count {
+        if pending.count - head >= concurrency {
+            await settle(pending[head])
+            head += 1
+            if head > 4096 {
+                pending.removeFirst(head)
+                head = 0
+            }
+        }
+        pending.append(factory.connect(index: i))
+    }
+    while head < pending.count {
+        await settle(pending[head])
+        head += 1
+    }
+    return (failures, errors)
+}
+
+/// Collects each loop's results once the loops are quiet.
+func collectResults(loops: [any EventLoop], states: [NIOLoopBound<LoopState>]) async throws -> [LoopResults] {
+    var out: [LoopResults] = []
+    for (loop, bound) in zip(loops, states) {
+        out.append(try await loop.submit { bound.value.results() }.get())
+    }
+    return out
+}
+
+/// Closes every connection with a WebSocket close (1000), waiting up to `timeoutSeconds` for the
+/// server's echo; then force-closes what is left.
+func closeAll(loops: [any EventLoop], states: [NIOLoopBound<LoopState>], timeoutSeconds: Double) async {
+    var closeFutures: [EventLoopFuture<Void>] = []
+    for (loop, bound) in zip(loops, states) {
+        let futures = try? await loop.submit { () -> [EventLoopFuture<Void>] in
+            let state = bound.value
+            var fs: [EventLoopFuture<Void>] = []
+            fs.reserveCapacity(state.connections.count)
+            for c in state.connections {
+                if let f = c.closeFuture { fs.append(f) }
+                c.beginClose()
+            }
+            return fs
+        }.get()
+        closeFutures += futures ?? []
+    }
+    guard let first = loops.first else { return }
+    let all = EventLoopFuture.andAllComplete(closeFutures, on: first)
+    let deadline = first.makePromise(of: Void.self)
+    let timer = first.scheduleTask(in: .milliseconds(Int64(timeoutSeconds * 1000))) { deadline.succeed(()) }
+    all.whenComplete { _ in deadline.succeed(()) }
+    try? await deadline.futureResult.get()
+    timer.cancel()
+    // Whatever did not answer in time: hang up.
+    for (loop, bound) in zip(loops, states) {
+        try? await loop.submit {
+            for c in bound.value.connections { c.forceClose() }
+        }.get()
+    }
+}
+
+extension WSConnectionHandler {
+    var closeFuture: EventLoopFuture<Void>? { self.context?.channel.closeFuture }
+
+    func forceClose() {
+        self.context?.close(promise: nil)
+    }
+}
