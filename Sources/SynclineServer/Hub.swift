@@ -21,7 +21,8 @@ public final class Hub: Sendable {
         var head: Int64
     }
 
-    let epoch: String
+    /// The cursor epoch of the database this node serves.
+    public let epoch: String
     let encoder: FeedBatchEncoder
     private let state: NIOLockedValueBox<State>
     private let fanouts: [ObjectIdentifier: NIOLoopBoundBox<LoopFanout>]

@@ -15,6 +15,7 @@ import WSCore
 final class TestClient: Sendable {
     private enum Command: Sendable {
         case send(String)
+        case sendBinary([UInt8])
         case close
     }
 
@@ -68,14 +69,16 @@ final class TestClient: Sendable {
                         for await command in stream {
                             switch command {
                             case .send(let text): try await outbound.write(.text(text))
+                            case .sendBinary(let bytes): try await outbound.write(.binary(ByteBuffer(bytes: bytes)))
                             case .close:
                                 try await outbound.close(.normalClosure, reason: nil)
                                 return
                             }
                         }
                     }
+                    // Whichever ends first (the server closed, or the test asked to close) ends both.
                     try await group.next()
-                    try await group.next()
+                    group.cancelAll()
                 }
             }
         }
@@ -102,6 +105,10 @@ final class TestClient: Sendable {
 
     func send(_ text: String) {
         commands.yield(.send(text))
+    }
+
+    func sendBinary(_ bytes: [UInt8]) {
+        commands.yield(.sendBinary(bytes))
     }
 
     func send(_ object: [String: Any]) {
