@@ -34,15 +34,18 @@ public final class ChangeTail: Service, Sendable {
     private let connectionConfiguration: PostgresConnection.Configuration
     private let configuration: Configuration
     private let startAfter: Int64
-    private let sink: @Sendable (ChangeTailEvent) -> Void
+    private let sink: @Sendable (ChangeTailEvent) async -> Void
     private let logger: Logger
 
     /// - Parameters:
     ///   - startAfter: the position the fan-out has already dispatched through.
-    ///   - sink: called on the tail's task, in order; must not block.
+    ///   - sink: called on the tail's task, in order. The tail reads on only when it returns, so a
+    ///     sink that returns once the batch is delivered makes batches grow with load: whatever
+    ///     commits during one delivery goes out as the next batch (fewer frames and syscalls per
+    ///     change exactly when the fan-out is busiest).
     public init(
         connection: PostgresConnection.Configuration, configuration: Configuration = .init(), startAfter: Int64,
-        logger: Logger, sink: @escaping @Sendable (ChangeTailEvent) -> Void
+        logger: Logger, sink: @escaping @Sendable (ChangeTailEvent) async -> Void
     ) {
         self.connectionConfiguration = connection
         self.configuration = configuration
@@ -67,7 +70,7 @@ public final class ChangeTail: Service, Sendable {
                 }
             } catch {
                 if Task.isCancelled || Task.isShuttingDownGracefully { break }
-                sink(.listening(false))
+                await sink(.listening(false))
                 logger.warning("change tail connection lost; reconnecting", metadata: [
                     "error": "\(String(reflecting: error))", "backoff_ms": "\(backoff.components.seconds * 1000 + backoff.components.attoseconds / 1_000_000_000_000_000)",
                 ])
@@ -75,7 +78,7 @@ public final class ChangeTail: Service, Sendable {
                 backoff = min(backoff * 2, configuration.maximumBackoff)
             }
         }
-        sink(.listening(false))
+        await sink(.listening(false))
     }
 
     private func follow(_ connection: PostgresConnection, position: NIOLockedValueBox<Int64>) async throws {
@@ -92,7 +95,7 @@ public final class ChangeTail: Service, Sendable {
         let (wakeups, wake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         try await connection.listen(on: Self.channel) { notifications in
             // LISTEN is active: from here on no commit can go unnoticed. Read what came before.
-            sink(.listening(true))
+            await sink(.listening(true))
             wake.yield()
             // Not a child task: the notification stream need not honour cancellation, and must not
             // hold up leaving this scope. It ends when the connection closes.
@@ -138,12 +141,12 @@ public final class ChangeTail: Service, Sendable {
                 logger.error("change log pruned past the tail; restarting every feed", metadata: [
                     "position": "\(position)", "pruned_through": "\(page.prunedThrough)",
                 ])
-                sink(.gap(after: position, prunedThrough: page.prunedThrough))
+                await sink(.gap(after: position, prunedThrough: page.prunedThrough))
                 position = page.prunedThrough
                 continue
             }
             guard let last = page.records.last else { return position }
-            sink(.changes(page.records, after: position, through: last.position))
+            await sink(.changes(page.records, after: position, through: last.position))
             position = last.position
             if page.records.count < configuration.pageSize { return position }
         }

@@ -79,8 +79,9 @@ public final class Hub: Sendable {
         state.withLockedValue { $0.ring.records(after: after, through: through) }
     }
 
-    /// The tail's sink: called in order on the tail's task.
-    func handle(_ event: ChangeTailEvent) {
+    /// The tail's sink: called in order on the tail's task; returns when every event loop has
+    /// delivered (and flushed) the batch.
+    func handle(_ event: ChangeTailEvent) async {
         switch event {
         case .listening(let up):
             listeningBox.withLockedValue { $0 = up }
@@ -92,8 +93,13 @@ public final class Hub: Sendable {
             }
             batchesCounter.increment()
             changesCounter.increment(by: records.count)
+            var delivered: [EventLoopFuture<Void>] = []
+            delivered.reserveCapacity(fanouts.count)
             for fanout in fanouts.values {
-                fanout.eventLoop.execute { fanout.value.deliver(batch, generation: generation) }
+                delivered.append(fanout.eventLoop.submit { fanout.value.deliver(batch, generation: generation) })
+            }
+            if let first = delivered.first {
+                try? await EventLoopFuture.andAllComplete(delivered, on: first.eventLoop).get()
             }
         case .gap(_, let prunedThrough):
             state.withLockedValue { s in

@@ -118,7 +118,7 @@ public final class SynclineApplication: Sendable {
             authenticator: authenticator, logger: logger)
         let tail = ChangeTail(
             connection: try settings.connectionConfiguration(applicationName: "syncline-tail"), startAfter: head, logger: logger
-        ) { event in hub.handle(event) }
+        ) { event in await hub.handle(event) }
         var dashboard: ByteBuffer?
         if configuration.demo, let url = options.dashboardPath.map({ URL(fileURLWithPath: $0) }) ?? bundledDashboard {
             dashboard = ByteBuffer(bytes: try Data(contentsOf: url))
