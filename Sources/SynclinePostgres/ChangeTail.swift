@@ -34,7 +34,7 @@ public final class ChangeTail: Service, Sendable {
     private let connectionConfiguration: PostgresConnection.Configuration
     private let configuration: Configuration
     private let startAfter: Int64
-    private let sink: @Sendable (ChangeTailEvent) async -> Void
+    private let sink: @Sendable (ChangeTailEvent) async -> Int64
     private let logger: Logger
 
     /// - Parameters:
@@ -42,10 +42,11 @@ public final class ChangeTail: Service, Sendable {
     ///   - sink: called on the tail's task, in order. The tail reads on only when it returns, so a
     ///     sink that returns once the batch is delivered makes batches grow with load: whatever
     ///     commits during one delivery goes out as the next batch (fewer frames and syscalls per
-    ///     change exactly when the fan-out is busiest).
+    ///     change exactly when the fan-out is busiest). It returns the position it has delivered
+    ///     through, which the tail continues from.
     public init(
         connection: PostgresConnection.Configuration, configuration: Configuration = .init(), startAfter: Int64,
-        logger: Logger, sink: @escaping @Sendable (ChangeTailEvent) async -> Void
+        logger: Logger, sink: @escaping @Sendable (ChangeTailEvent) async -> Int64
     ) {
         self.connectionConfiguration = connection
         self.configuration = configuration
@@ -61,8 +62,10 @@ public final class ChangeTail: Service, Sendable {
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             attempt += 1
             do {
+                logger.debug("change tail connecting", metadata: ["attempt": "\(attempt)"])
                 let connection = try await PostgresConnection.connect(
                     configuration: connectionConfiguration, id: attempt, logger: logger)
+                logger.debug("change tail connected", metadata: ["attempt": "\(attempt)"])
                 backoff = configuration.minimumBackoff
                 defer { Task { try? await connection.close() } }
                 try await cancelWhenGracefulShutdown {
@@ -70,7 +73,7 @@ public final class ChangeTail: Service, Sendable {
                 }
             } catch {
                 if Task.isCancelled || Task.isShuttingDownGracefully { break }
-                await sink(.listening(false))
+                _ = await sink(.listening(false))
                 logger.warning("change tail connection lost; reconnecting", metadata: [
                     "error": "\(String(reflecting: error))", "backoff_ms": "\(backoff.components.seconds * 1000 + backoff.components.attoseconds / 1_000_000_000_000_000)",
                 ])
@@ -78,7 +81,7 @@ public final class ChangeTail: Service, Sendable {
                 backoff = min(backoff * 2, configuration.maximumBackoff)
             }
         }
-        await sink(.listening(false))
+        _ = await sink(.listening(false))
     }
 
     private func follow(_ connection: PostgresConnection, position: NIOLockedValueBox<Int64>) async throws {
@@ -95,16 +98,36 @@ public final class ChangeTail: Service, Sendable {
         let (wakeups, wake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         try await connection.listen(on: Self.channel) { notifications in
             // LISTEN is active: from here on no commit can go unnoticed. Read what came before.
-            await sink(.listening(true))
+            self.logger.debug("change tail listening")
+            _ = await sink(.listening(true))
             wake.yield()
-            // Not a child task: the notification stream need not honour cancellation, and must not
-            // hold up leaving this scope. It ends when the connection closes.
+            // Neither the notification stream nor a query caught by the connection's death is
+            // guaranteed to end on cancellation, so both run outside the task group, which waits
+            // only on things that do end: the close future, the poll timer and a stream that the
+            // reader finishes. A reader left behind can deliver nothing stale: the hub accepts a
+            // batch only if it starts where the previous one ended.
             let forward = Task {
                 do {
                     for try await _ in notifications { wake.yield() }
                 } catch {}
             }
-            defer { forward.cancel() }
+            let (ended, end) = AsyncStream<(any Error)?>.makeStream()
+            let reader = Task {
+                do {
+                    var current = position.withLockedValue { $0 }
+                    for await _ in wakeups {
+                        current = try await self.readAvailable(connection, after: current)
+                        position.withLockedValue { [current] in $0 = max($0, current) }
+                    }
+                    end.yield(nil)
+                } catch {
+                    end.yield(error)
+                }
+            }
+            defer {
+                forward.cancel()
+                reader.cancel()
+            }
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask {
                     try await connection.closeFuture.get()
@@ -117,16 +140,20 @@ public final class ChangeTail: Service, Sendable {
                     }
                 }
                 group.addTask {
-                    var current = position.withLockedValue { $0 }
-                    for await _ in wakeups {
-                        current = try await self.readAvailable(connection, after: current)
-                        position.withLockedValue { [current] in $0 = current }
+                    for await outcome in ended {
+                        throw outcome ?? SynclinePostgresError(.unavailable, "change tail reader stopped")
                     }
                     try Task.checkCancellation()
                 }
-                defer { group.cancelAll() }
-                try await group.next()
+                do {
+                    try await group.next()
+                } catch {
+                    let _: EventLoopFuture<Void> = connection.close()
+                    group.cancelAll()
+                    throw error
+                }
                 let _: EventLoopFuture<Void> = connection.close()
+                group.cancelAll()
             }
         }
     }
@@ -141,13 +168,14 @@ public final class ChangeTail: Service, Sendable {
                 logger.error("change log pruned past the tail; restarting every feed", metadata: [
                     "position": "\(position)", "pruned_through": "\(page.prunedThrough)",
                 ])
-                await sink(.gap(after: position, prunedThrough: page.prunedThrough))
-                position = page.prunedThrough
+                position = await sink(.gap(after: position, prunedThrough: page.prunedThrough))
                 continue
             }
             guard let last = page.records.last else { return position }
-            await sink(.changes(page.records, after: position, through: last.position))
-            position = last.position
+            logger.trace("change tail delivering", metadata: ["through": "\(last.position)"])
+            let delivered = await sink(.changes(page.records, after: position, through: last.position))
+            logger.trace("change tail delivered", metadata: ["through": "\(delivered)"])
+            position = delivered
             if page.records.count < configuration.pageSize { return position }
         }
     }

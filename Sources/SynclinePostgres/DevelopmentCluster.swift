@@ -161,9 +161,10 @@ public struct DevelopmentCluster: Sendable {
     }
 
     /// Runs a tool to completion, its output captured in a temporary file (not a pipe: pg_ctl's
-    /// postmaster would inherit a pipe and hold it open) and waited for with waitpid.
+    /// postmaster would inherit a pipe and hold it open) and waited for with waitpid. (Foundation's
+    /// `Process.waitUntilExit` was seen to hang here, blocking the thread that called it.)
     @discardableResult
-    static func run(_ tool: String, _ args: [String], logger: Logger) throws -> String {
+    public static func run(_ tool: String, _ args: [String], logger: Logger) throws -> String {
         let outputPath = NSTemporaryDirectory() + "syncline-\(UUID().uuidString).out"
         let fd = open(outputPath, O_CREAT | O_RDWR | O_TRUNC, 0o644)
         guard fd >= 0 else { throw SynclinePostgresError(.clusterSetup, "cannot create \(outputPath)") }

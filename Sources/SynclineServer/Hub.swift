@@ -81,26 +81,36 @@ public final class Hub: Sendable {
 
     /// The tail's sink: called in order on the tail's task; returns when every event loop has
     /// delivered (and flushed) the batch.
-    func handle(_ event: ChangeTailEvent) async {
+    @discardableResult
+    func handle(_ event: ChangeTailEvent) async -> Int64 {
         switch event {
         case .listening(let up):
             listeningBox.withLockedValue { $0 = up }
+            return head
         case .changes(let records, let after, let through):
-            let (batch, generation) = state.withLockedValue { s -> (EncodedBatch, UInt64) in
+            // Accept a batch only where the previous one ended (a reader abandoned with a dead
+            // connection can never deliver twice or out of order), and hand it to the loops under
+            // the same lock so they receive batches in position order.
+            let delivered = state.withLockedValue { s -> [EventLoopFuture<Void>]? in
+                guard s.head == after else { return nil }
                 s.ring.append(records, through: through)
                 s.head = through
-                return (encoder.encode(records, after: after, through: through, index: s.index), s.generation)
+                let batch = encoder.encode(records, after: after, through: through, index: s.index)
+                let generation = s.generation
+                return fanouts.values.map { fanout in
+                    fanout.eventLoop.submit { fanout.value.deliver(batch, generation: generation) }
+                }
+            }
+            guard let delivered else {
+                logger.debug("ignoring a batch that does not continue the hub's position", metadata: ["after": "\(after)"])
+                return head
             }
             batchesCounter.increment()
             changesCounter.increment(by: records.count)
-            var delivered: [EventLoopFuture<Void>] = []
-            delivered.reserveCapacity(fanouts.count)
-            for fanout in fanouts.values {
-                delivered.append(fanout.eventLoop.submit { fanout.value.deliver(batch, generation: generation) })
-            }
             if let first = delivered.first {
                 try? await EventLoopFuture.andAllComplete(delivered, on: first.eventLoop).get()
             }
+            return through
         case .gap(_, let prunedThrough):
             state.withLockedValue { s in
                 s.ring.reset(to: prunedThrough)
@@ -109,6 +119,7 @@ public final class Hub: Sendable {
             for fanout in fanouts.values {
                 fanout.eventLoop.execute { fanout.value.restartAll(head: prunedThrough) }
             }
+            return prunedThrough
         }
     }
 }

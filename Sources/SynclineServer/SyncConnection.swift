@@ -633,7 +633,9 @@ final class SyncConnection: ChannelInboundHandler {
 
     private func heartbeatTick(period: TimeAmount) {
         guard !closing, let context else { return }
-        if NIODeadline.now() - lastReceived > period * 2 {
+        // A client behind our own backlog answers pings late; the outbound limit (4008) deals with
+        // slow readers, so silence only counts while our queue is drained.
+        if NIODeadline.now() - lastReceived > period * 2 && context.channel.isWritable {
             logger.debug("closing a connection that stopped answering pings")
             close(.normal, reason: "no answer to pings")
             context.eventLoop.scheduleTask(in: .seconds(1)) { [channel = context.channel] in channel.close(promise: nil) }

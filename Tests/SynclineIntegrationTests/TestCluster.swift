@@ -96,18 +96,13 @@ struct TestDatabase: Sendable {
     /// Runs SQL through the real `psql` client, as an operator or another application would.
     func psql(_ sql: String) throws -> String {
         let settings = try PostgresSettings(url: url)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: try TestCluster.binDirectory() + "/psql")
-        process.arguments = ["-h", settings.host, "-p", "\(settings.port)", "-U", settings.username, "-d", settings.database,
-                             "-v", "ON_ERROR_STOP=1", "-qAtc", sql]
-        let out = Pipe()
-        process.standardOutput = out
-        process.standardError = out
-        try process.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let text = String(decoding: data, as: UTF8.self)
-        guard process.terminationStatus == 0 else { throw TestFailure("psql failed: \(text)") }
-        return text
+        do {
+            return try DevelopmentCluster.run(try TestCluster.binDirectory() + "/psql", [
+                "-h", settings.host, "-p", "\(settings.port)", "-U", settings.username, "-d", settings.database,
+                "-v", "ON_ERROR_STOP=1", "-qAtc", sql,
+            ], logger: TestCluster.logger)
+        } catch {
+            throw TestFailure("psql failed: \(error)")
+        }
     }
 }

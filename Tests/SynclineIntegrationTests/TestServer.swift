@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import SynclineServer
 import Testing
 
@@ -50,21 +51,18 @@ struct TestServer: Sendable {
     func stop() async {
         await app.shutdown()
         let running = self.running
-        let finished = await withTaskGroup(of: Bool.self) { group in
-            group.addTask {
-                _ = try? await running.value
-                return true
-            }
-            group.addTask {
-                try? await Task.sleep(for: .seconds(20))
-                return false
-            }
-            let first = await group.next()!
-            group.cancelAll()
-            return first
+        let done = NIOLockedValueBox(false)
+        Task {
+            _ = try? await running.value
+            done.withLockedValue { $0 = true }
         }
-        if !finished {
-            Issue.record("the server did not shut down within 20 s")
+        let deadline = ContinuousClock.now + .seconds(20)
+        while !done.withLockedValue({ $0 }) {
+            guard ContinuousClock.now < deadline else {
+                Issue.record("the server did not shut down within 20 s")
+                return
+            }
+            try? await Task.sleep(for: .milliseconds(10))
         }
     }
 
