@@ -193,6 +193,13 @@ final class LoopFanout {
         connections[ObjectIdentifier(connection)] = nil
     }
 
+    /// Pings every connection on this loop and closes those silent for two periods.
+    func heartbeat(period: TimeAmount) {
+        for connection in Array(connections.values) {
+            connection.heartbeatTick(period: period)
+        }
+    }
+
     /// Closes every connection on this loop with 1001 (server shutting down).
     func closeAll() {
         for connection in Array(connections.values) {

@@ -30,12 +30,18 @@ final class SyncConnection: ChannelInboundHandler {
     private var needsFlush = false
     private var queuedForFlush = false
     private var lastReceived = NIODeadline.now()
-    private var heartbeat: RepeatedTask?
     private var expiry: Scheduled<Void>?
     private var tokens: Double
     private var lastRefill = NIODeadline.now()
     private var refusedInARow = 0
-    private var logger: Logger
+    /// The connection's logger: the shared one with this session's metadata, built only when a
+    /// line is logged (a per-connection metadata dictionary would cost every idle connection).
+    private var logger: Logger {
+        var logger = environment.logger
+        logger[metadataKey: "session"] = "\(sessionID.prefix(8))"
+        if let sub = identity?.sub { logger[metadataKey: "sub"] = "\(sub)" }
+        return logger
+    }
 
     init(environment: SyncEnvironment, headerIdentity: Identity?) {
         self.environment = environment
@@ -44,8 +50,6 @@ final class SyncConnection: ChannelInboundHandler {
             maximumSubscriptions: environment.configuration.maximumSubscriptionsPerConnection))
         self.assembler = WebSocketMessageAssembler(maximumBytes: environment.configuration.maximumMessageBytes)
         self.tokens = Double(environment.configuration.maximumMessagesPerSecond) * 2
-        self.logger = environment.logger
-        self.logger[metadataKey: "session"] = "\(sessionID.prefix(8))"
     }
 
     private var fanout: LoopFanout { environment.hub.fanout(on: context.eventLoop) }
@@ -57,10 +61,6 @@ final class SyncConnection: ChannelInboundHandler {
         self.context = context
         self.eventLoop = context.eventLoop
         fanout.register(self)
-        let period = TimeAmount.milliseconds(environment.configuration.heartbeatMilliseconds)
-        heartbeat = context.eventLoop.scheduleRepeatedTask(initialDelay: period, delay: period) { [weak self] _ in
-            self?.heartbeatTick(period: period)
-        }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -223,7 +223,6 @@ final class SyncConnection: ChannelInboundHandler {
     private func opened(_ identity: Identity, lastMID: Int64) {
         guard !closing else { return }
         self.identity = identity
-        logger[metadataKey: "sub"] = "\(identity.sub)"
         scheduleExpiry(identity)
         let actions = session.authenticated(sub: identity.sub)
         sendText(ServerMessage.welcome(session: sessionID, server: SynclineServer.serverName,
@@ -631,7 +630,8 @@ final class SyncConnection: ChannelInboundHandler {
         }
     }
 
-    private func heartbeatTick(period: TimeAmount) {
+    /// Called by the loop's fan-out every heartbeat period (one timer per loop, not per connection).
+    func heartbeatTick(period: TimeAmount) {
         guard !closing, let context else { return }
         // A client behind our own backlog answers pings late; the outbound limit (4008) deals with
         // slow readers, so silence only counts while our queue is drained.
@@ -651,7 +651,6 @@ final class SyncConnection: ChannelInboundHandler {
         guard !tornDown else { return }
         tornDown = true
         closing = true
-        heartbeat?.cancel()
         expiry?.cancel()
         resolving = [:]
         if context != nil {

@@ -124,7 +124,10 @@ public final class SynclineApplication: Sendable {
             dashboard = ByteBuffer(bytes: try Data(contentsOf: url))
         }
         let server = SynclineServer(environment: environment, group: group, dashboard: dashboard)
-        var services: [any Service] = [main, snapshots, tail, HeartbeatService(hub: hub, group: group), server]
+        var services: [any Service] = [
+            main, snapshots, tail,
+            HeartbeatService(hub: hub, group: group, period: .milliseconds(configuration.heartbeatMilliseconds)), server,
+        ]
         if options.demoSchemaPath != nil && options.demoGenerator {
             services.append(DemoGenerator(client: main, logger: logger))
         }
@@ -173,18 +176,30 @@ public final class SynclineApplication: Sendable {
     }
 }
 
-/// Every few seconds, advances the cursor of live feeds that got nothing for a while (protocol §2:
-/// at least every 10 s), one task per event loop.
+/// Timers, one per event loop rather than one per connection: every 2 s, advances the cursor of
+/// live feeds that got nothing for a while (protocol §2: at least every 10 s); every heartbeat
+/// period, pings every connection and closes those silent for two periods.
 struct HeartbeatService: Service {
     let hub: Hub
     let group: any EventLoopGroup
+    let period: TimeAmount
 
     func run() async throws {
+        var sincePing = TimeAmount.zero
+        let tick = TimeAmount.milliseconds(min(2_000, max(period.nanoseconds / 1_000_000, 1)))
         while !Task.isShuttingDownGracefully {
-            try? await Task.sleep(for: .seconds(2))
+            try? await Task.sleep(for: .milliseconds(tick.nanoseconds / 1_000_000))
+            sincePing = sincePing + tick
+            let ping = sincePing >= period
+            if ping { sincePing = .zero }
             for loop in group.makeIterator() {
                 let hub = self.hub
-                loop.execute { hub.fanout(on: loop).advanceIdle(olderThan: .seconds(5)) }
+                let period = self.period
+                loop.execute {
+                    let fanout = hub.fanout(on: loop)
+                    fanout.advanceIdle(olderThan: .seconds(5))
+                    if ping { fanout.heartbeat(period: period) }
+                }
             }
         }
     }
