@@ -82,6 +82,7 @@ let package = Package(
         .executableTarget(
             name: "syncline-bench",
             dependencies: [
+                "SynclineProtocol",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),

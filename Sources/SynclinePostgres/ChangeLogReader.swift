@@ -23,38 +23,24 @@ public enum ChangeLogReader {
         _ connection: PostgresConnection, after: Int64, through: Int64 = .max, limit: Int,
         scope: Scope = .all, logger: Logger
     ) async throws -> Page {
-        let query: PostgresQuery
+        let collection: String?, topic: String?
         switch scope {
-        case .all:
-            query = """
-                WITH h AS (SELECT pruned_through FROM syncline.retention)
-                SELECT h.pruned_through, c.pos, c.txid::text, c.collection, c.topic, c.op::text, c.key::text,
-                       c.old_key::text, c.row_image::text, c.new_match::text, c.old_match::text
-                FROM h LEFT JOIN LATERAL (
-                    SELECT * FROM syncline.changes WHERE pos > \(after) AND pos <= \(through) ORDER BY pos LIMIT \(limit)
-                ) c ON true ORDER BY c.pos
-                """
-        case .collection(let name):
-            query = """
-                WITH h AS (SELECT pruned_through FROM syncline.retention)
-                SELECT h.pruned_through, c.pos, c.txid::text, c.collection, c.topic, c.op::text, c.key::text,
-                       c.old_key::text, c.row_image::text, c.new_match::text, c.old_match::text
-                FROM h LEFT JOIN LATERAL (
-                    SELECT * FROM syncline.changes WHERE pos > \(after) AND pos <= \(through) AND collection = \(name)
-                    ORDER BY pos LIMIT \(limit)
-                ) c ON true ORDER BY c.pos
-                """
-        case .topic(let topic):
-            query = """
-                WITH h AS (SELECT pruned_through FROM syncline.retention)
-                SELECT h.pruned_through, c.pos, c.txid::text, c.collection, c.topic, c.op::text, c.key::text,
-                       c.old_key::text, c.row_image::text, c.new_match::text, c.old_match::text
-                FROM h LEFT JOIN LATERAL (
-                    SELECT * FROM syncline.changes WHERE pos > \(after) AND pos <= \(through) AND topic = \(topic)
-                    ORDER BY pos LIMIT \(limit)
-                ) c ON true ORDER BY c.pos
-                """
+        case .all: (collection, topic) = (nil, nil)
+        case .collection(let name): (collection, topic) = (name, nil)
+        case .topic(let name): (collection, topic) = (nil, name)
         }
+        let query: PostgresQuery = """
+            WITH h AS (SELECT pruned_through FROM syncline.retention)
+            SELECT h.pruned_through, c.pos, c.txid::text, c.collection, c.topic, c.op::text, c.key::text,
+                   c.old_key::text, c.row_image::text, c.new_match::text, c.old_match::text
+            FROM h LEFT JOIN LATERAL (
+                SELECT * FROM syncline.changes
+                WHERE pos > \(after) AND pos <= \(through)
+                  AND (\(collection)::text IS NULL OR collection = \(collection))
+                  AND (\(topic)::text IS NULL OR topic = \(topic))
+                ORDER BY pos LIMIT \(limit)
+            ) c ON true ORDER BY c.pos
+            """
         let rows = try await connection.query(query, logger: logger)
         var horizon: Int64 = 0
         var records: [ChangeRecord] = []

@@ -1,3 +1,4 @@
+import SynclineProtocol
 import Foundation
 
 /// A tiny ordered JSON value for the result files (key order kept as written).
@@ -35,25 +36,7 @@ indirect enum JSONOut: Sendable {
         }
     }
 
-    static func quote(_ s: String) -> String {
-        var out = "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if u.value < 0x20 {
-                    out += String(format: "\\u%04x", u.value)
-                } else {
-                    out.unicodeScalars.append(u)
-                }
-            }
-        }
-        return out + "\""
-    }
+    static func quote(_ s: String) -> String { JSONValue.quoted(s) }
 
     func write(to path: String) throws {
         let text = self.render() + "\n"
