@@ -20,6 +20,8 @@ final class SyncConnection: ChannelInboundHandler {
     private var session: SessionStateMachine
     private var assembler: WebSocketMessageAssembler
     private var identity: Identity?
+    /// Highest decided `mid` of this `sub` + `client_id`, for `welcome`.
+    private var lastMID: Int64 = 0
     private var clientID = ""
     private let sessionID = UUID().uuidString.lowercased()
     private var subscribers: [String: Subscriber] = [:]
@@ -162,7 +164,9 @@ final class SyncConnection: ChannelInboundHandler {
                 self.clientID = clientID
                 authenticate(token: token, clientID: clientID)
             case .sendWelcome:
-                break  // sent by `opened`, which knows last_mid
+                sendText(ServerMessage.welcome(session: sessionID, server: SynclineServer.serverName,
+                                               heartbeatMS: Int(environment.configuration.heartbeatMilliseconds),
+                                               lastMID: lastMID))
             case .send(let text):
                 sendText(text)
             case .close(let code, let reason):
@@ -223,11 +227,9 @@ final class SyncConnection: ChannelInboundHandler {
     private func opened(_ identity: Identity, lastMID: Int64) {
         guard !closing else { return }
         self.identity = identity
+        self.lastMID = lastMID
         scheduleExpiry(identity)
-        let actions = session.authenticated(sub: identity.sub)
-        sendText(ServerMessage.welcome(session: sessionID, server: SynclineServer.serverName,
-                                       heartbeatMS: Int(environment.configuration.heartbeatMilliseconds), lastMID: lastMID))
-        perform(actions)
+        perform(session.authenticated(sub: identity.sub))
     }
 
     private func reauthenticate(_ token: String) {
