@@ -120,35 +120,30 @@ struct BadInputTests {
         }
     }
 
+    /// A WebSocket upgrade request for /v1/sync with one extra header line.
+    static func upgradeRequest(extraHeader: String) -> String {
+        """
+        GET /v1/sync HTTP/1.1
+        Host: 127.0.0.1
+        Upgrade: websocket
+        Connection: Upgrade
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==
+        Sec-WebSocket-Version: 13
+        \(extraHeader)
+
+
+        """
+    }
+
     @Test("tokens: Authorization header, hello token, expiry, another user's client_id")
     func authentication() async throws {
         try await TestServer.with { server in
             // An invalid bearer token is refused at the upgrade with 401.
-            let refused = try await RawHTTP.request(port: server.port, """
-                GET /v1/sync HTTP/1.1
-                Host: 127.0.0.1
-                Upgrade: websocket
-                Connection: Upgrade
-                Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==
-                Sec-WebSocket-Version: 13
-                Authorization: Bearer not.a.token
-
-
-                """)
+            let refused = try await RawHTTP.request(port: server.port, Self.upgradeRequest(extraHeader: "Authorization: Bearer not.a.token"))
             #expect(refused.hasPrefix("HTTP/1.1 401"), "\(refused)")
 
             // A subprotocol list without syncline.v1 is refused with 400.
-            let wrongProtocol = try await RawHTTP.request(port: server.port, """
-                GET /v1/sync HTTP/1.1
-                Host: 127.0.0.1
-                Upgrade: websocket
-                Connection: Upgrade
-                Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==
-                Sec-WebSocket-Version: 13
-                Sec-WebSocket-Protocol: chat, superchat
-
-
-                """)
+            let wrongProtocol = try await RawHTTP.request(port: server.port, Self.upgradeRequest(extraHeader: "Sec-WebSocket-Protocol: chat, superchat"))
             #expect(wrongProtocol.hasPrefix("HTTP/1.1 400"), "\(wrongProtocol)")
 
             // Plain GET: 426.
