@@ -150,7 +150,7 @@ final class LoopFanout {
 
     /// Makes a subscriber whose cursor is ≥ `head` receive every later batch.
     func activate(_ subscriber: Subscriber) {
-        precondition(subscriber.cursor >= head)
+        assert(subscriber.cursor >= head, "a subscriber must catch up to the loop's head before going live")
         if subscriber.generation > generation || subscriber.cursor > head {
             subscriber.phase = .young
             young.append(subscriber)

@@ -377,10 +377,12 @@ final class SyncConnection: ChannelInboundHandler {
                     chunkRows: environment.configuration.snapshotChunkRows,
                     chunkBytes: environment.configuration.snapshotChunkBytes,
                     onStart: { position in
-                        try await bound.writeAndFlush(ServerMessage.subscribed(id: id, mode: mode, cursor: Cursor(epoch: epoch, position: position)), on: loop)
+                        try await bound.writeAndFlush(ServerMessage.subscribed(id: id, mode: mode, cursor: Cursor(epoch: epoch, position: position)),
+                                                      for: boundSubscriber, on: loop)
                     },
                     onChunk: { rows, done, position in
-                        try await bound.writeAndFlush(ServerMessage.snapshot(sub: id, rows: rows, done: done, cursor: Cursor(epoch: epoch, position: position)), on: loop)
+                        try await bound.writeAndFlush(ServerMessage.snapshot(sub: id, rows: rows, done: done, cursor: Cursor(epoch: epoch, position: position)),
+                                                      for: boundSubscriber, on: loop)
                     })
                 try Task.checkCancellation()
                 loop.execute {
@@ -395,7 +397,7 @@ final class SyncConnection: ChannelInboundHandler {
                     connection.catchUp(subscriber)
                 }
             } catch {
-                if Task.isCancelled { return }
+                if Task.isCancelled || error is Abandoned { return }
                 let (code, message, retry) = SyncConnection.describe(error, logger: environment.logger)
                 loop.execute {
                     let connection = bound.value
@@ -423,6 +425,7 @@ final class SyncConnection: ChannelInboundHandler {
             if body.reset { return restart(subscriber, reason: "the feed must be reloaded") }
             send(body, to: subscriber, through: target)
             flushIfNeeded()
+            guard !closing else { return }  // the send found the outbound queue full
             fanout.activate(subscriber)
             return
         }
@@ -567,8 +570,12 @@ final class SyncConnection: ChannelInboundHandler {
         needsFlush = true
     }
 
-    fileprivate func writeTextAndFlush(_ text: String) -> EventLoopFuture<Void> {
-        guard !closing, let context else { return eventLoop.makeFailedFuture(Abandoned()) }
+    /// Writes a subscriber's own message (`subscribed`, a snapshot chunk) unless it has ended
+    /// meanwhile: after `unsubscribed`, nothing more is sent for it.
+    fileprivate func writeTextAndFlush(_ text: String, for subscriber: Subscriber) -> EventLoopFuture<Void> {
+        guard !closing, let context, subscribers[subscriber.id] === subscriber, subscriber.phase == .starting else {
+            return eventLoop.makeFailedFuture(Abandoned())
+        }
         let frame = WebSocketFrame(fin: true, opcode: .text, data: context.channel.allocator.buffer(string: text))
         needsFlush = false
         return context.writeAndFlush(wrapOutboundOut(frame))
@@ -705,8 +712,8 @@ struct SessionFailure: Error {
 extension NIOLoopBound where Value == SyncConnection {
     /// Writes one text frame from a background task and waits until it is flushed to the socket,
     /// so snapshots are paced by the client's reading speed.
-    func writeAndFlush(_ text: String, on loop: any EventLoop) async throws {
+    func writeAndFlush(_ text: String, for subscriber: NIOLoopBound<Subscriber>, on loop: any EventLoop) async throws {
         let bound = self
-        try await loop.flatSubmit { bound.value.writeTextAndFlush(text) }.get()
+        try await loop.flatSubmit { bound.value.writeTextAndFlush(text, for: subscriber.value) }.get()
     }
 }

@@ -343,4 +343,49 @@ struct ChangeFeedTests {
             await two.close()
         }
     }
+
+    @Test("a large snapshot is chunked; after `unsubscribed` nothing more is sent for that feed")
+    func unsubscribeDuringSnapshot() async throws {
+        try await TestServer.with(configure: { $0.server.snapshotChunkRows = 50 }) { server in
+            try await server.database.execute("""
+                INSERT INTO transactions (account_id, amount, memo)
+                SELECT 'alice-checking', n, repeat('x', 200) FROM generate_series(1, 5000) AS n
+                """)
+            let client = try await TestClient.open(server)
+            client.send(Self.subscribeChecking)
+            _ = try await client.next("subscribed")
+            let first = try await client.next("snapshot")
+            #expect(first["done"] == .bool(false))
+            client.send(["type": "unsubscribe", "id": "t"])
+            var sawUnsubscribed = false
+            var afterUnsubscribed = 0
+            for message in try await client.drain(for: .seconds(2)) {
+                switch message["type"]?.stringValue {
+                case "unsubscribed": sawUnsubscribed = true
+                case "snapshot", "changes": if sawUnsubscribed { afterUnsubscribed += 1 }
+                default: break
+                }
+            }
+            #expect(sawUnsubscribed)
+            #expect(afterUnsubscribed == 0)
+
+            // A full read of the same feed: every row once, in chunks of 50, only the last done.
+            client.send(["type": "subscribe", "id": "again", "collection": "transactions", "where": ["account_id": "alice-checking"]])
+            var feed = FeedCollector(sub: "again")
+            var chunks = 0
+            let deadline = ContinuousClock.now + .seconds(30)
+            while !feed.snapshotDone && ContinuousClock.now < deadline {
+                let message = try await client.next()
+                if message["type"]?.stringValue == "snapshot" {
+                    chunks += 1
+                    if case .array(let rows)? = message["rows"] { #expect(rows.count <= 50) }
+                }
+                feed.apply(message)
+            }
+            #expect(feed.rows.count == 5001)
+            #expect(feed.inserted.values.allSatisfy { $0 == 1 })
+            #expect(chunks >= 100)
+            await client.close()
+        }
+    }
 }
