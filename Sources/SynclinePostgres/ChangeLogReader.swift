@@ -67,12 +67,20 @@ public enum ChangeLogReader {
     }
 
     /// Reads up to `limit` positions after `after`, extended so that the page ends on a transaction
-    /// boundary (the rest of the last transaction is read too).
+    /// boundary (the rest of the last transaction is read too). A page whose rows pass `byteLimit`
+    /// ends with the transaction in which they did, so large rows make smaller batches (and frames)
+    /// instead of one that would restart feeds or overflow a connection's outbound limit; the rest
+    /// is read next time.
     public static func readTransactions(
-        _ connection: PostgresConnection, after: Int64, limit: Int, logger: Logger
+        _ connection: PostgresConnection, after: Int64, limit: Int, byteLimit: Int = 1 << 20, logger: Logger
     ) async throws -> Page {
         var page = try await readPage(connection, after: after, limit: limit, logger: logger)
-        guard page.records.count == limit, let last = page.records.last else { return page }
+        let full = page.records.count == limit
+        if let cut = transactionEndPastByteLimit(page.records, byteLimit: byteLimit), cut < page.records.count - 1 {
+            page.records.removeSubrange((cut + 1)...)
+            return page
+        }
+        guard full, let last = page.records.last else { return page }
         while true {
             let rest = try await readPage(connection, after: page.records.last!.position, limit: limit, logger: logger)
             let sameTransaction = rest.records.prefix { $0.transaction == last.transaction }
@@ -80,5 +88,19 @@ public enum ChangeLogReader {
             if sameTransaction.count < rest.records.count || rest.records.count < limit { break }
         }
         return page
+    }
+
+    /// The index of the last record of the transaction in which the rows' cumulative size passes
+    /// `byteLimit`, or nil if it never does.
+    static func transactionEndPastByteLimit(_ records: [ChangeRecord], byteLimit: Int) -> Int? {
+        var bytes = 0
+        for (i, record) in records.enumerated() {
+            bytes += (record.row?.utf8.count ?? 0) + (record.key?.utf8.count ?? 0)
+            guard bytes > byteLimit else { continue }
+            var end = i
+            while end + 1 < records.count && records[end + 1].transaction == record.transaction { end += 1 }
+            return end
+        }
+        return nil
     }
 }
