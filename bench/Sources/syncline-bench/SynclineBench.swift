@@ -182,17 +182,8 @@ struct Fanout: AsyncParsableCommand {
         let (outcome, complete): (JSONOut, Bool) = try await self.connection.withClient(
             mode: .subscribe(frame: subscribe), expected: m, clientIDPrefix: runID()
         ) { factory in
-            let setupStart = monotonicSeconds()
-            let (failures, errors) = await openConnections(
-                factory: factory, count: n, concurrency: self.connection.connectConcurrency, progress: n >= 2000)
-            let setupSeconds = monotonicSeconds() - setupStart
-            if failures > 0 {
-                print("  setup FAILED: \(failures) of \(n) connections did not get their snapshot")
-                for e in errors { print("    \(e)") }
-                await closeAll(loops: factory.loops, states: factory.states, timeoutSeconds: 2)
-                await writer.close()
-                throw ExitCode(2)
-            }
+            let setupSeconds = try await openAllOrFail(factory: factory, count: n, concurrency: self.connection.connectConcurrency,
+                                                       waitingFor: "their snapshot", onFailure: { await writer.close() })
             print("  setup: \(n) connections subscribed, snapshots received, in \(fmt(setupSeconds)) s")
 
             var doneFutures: [EventLoopFuture<Void>] = []
@@ -349,16 +340,8 @@ struct Idle: AsyncParsableCommand {
         let (outcome, complete): (JSONOut, Bool) = try await self.connection.withClient(
             mode: .idle, expected: 0, clientIDPrefix: runID()
         ) { factory in
-            let setupStart = monotonicSeconds()
-            let (failures, errors) = await openConnections(
-                factory: factory, count: n, concurrency: self.connection.connectConcurrency, progress: n >= 2000)
-            let setupSeconds = monotonicSeconds() - setupStart
-            if failures > 0 {
-                print("  setup FAILED: \(failures) of \(n) connections did not get their welcome")
-                for e in errors { print("    \(e)") }
-                await closeAll(loops: factory.loops, states: factory.states, timeoutSeconds: 2)
-                throw ExitCode(2)
-            }
+            let setupSeconds = try await openAllOrFail(factory: factory, count: n, concurrency: self.connection.connectConcurrency,
+                                                       waitingFor: "their welcome")
             print("  setup: \(n) connections welcomed in \(fmt(setupSeconds)) s (\(grouped(Double(n) / setupSeconds)) /s)")
             try await Task.sleep(nanoseconds: UInt64(self.settle * 1e9))
             let after = ProcFS.rssKiB(pid: self.serverPid) ?? before
@@ -462,4 +445,23 @@ struct Report: ParsableCommand {
             print("")
         }
     }
+}
+
+/// Opens `count` connections and returns how long that took; if any did not get what it waited for,
+/// reports them, closes everything (and runs `onFailure`) and exits with status 2.
+func openAllOrFail(
+    factory: ConnectionFactory, count: Int, concurrency: Int, waitingFor what: String,
+    onFailure: () async -> Void = {}
+) async throws -> Double {
+    let start = monotonicSeconds()
+    let (failures, errors) = await openConnections(factory: factory, count: count, concurrency: concurrency, progress: count >= 2000)
+    let seconds = monotonicSeconds() - start
+    if failures > 0 {
+        print("  setup FAILED: \(failures) of \(count) connections did not get \(what)")
+        for e in errors { print("    \(e)") }
+        await closeAll(loops: factory.loops, states: factory.states, timeoutSeconds: 2)
+        await onFailure()
+        throw ExitCode(2)
+    }
+    return seconds
 }
