@@ -40,6 +40,20 @@ public enum ServerMessage {
         return out
     }
 
+    /// `result` is JSON text (the mutator's result, `null` for none).
+    public static func ack(mid: Int64, cursor: Cursor, result: String, duplicate: Bool) -> String {
+        "{\"type\":\"ack\",\"mid\":\(mid),\"cursor\":\"\(cursor)\",\"result\":\(result)\(duplicate ? ",\"duplicate\":true" : "")}"
+    }
+
+    /// `details` is JSON text, omitted when nil.
+    public static func reject(mid: Int64, code: String, message: String, details: String?, duplicate: Bool) -> String {
+        var out = "{\"type\":\"reject\",\"mid\":\(mid),\"code\":\(JSONValue.quoted(code)),\"message\":\(JSONValue.quoted(message))"
+        if let details { out += ",\"details\":" + details }
+        if duplicate { out += ",\"duplicate\":true" }
+        out += "}"
+        return out
+    }
+
     public static func pong(t: JSONValue?) -> String {
         guard let t else { return "{\"type\":\"pong\"}" }
         return "{\"type\":\"pong\",\"t\":\(t.jsonText)}"

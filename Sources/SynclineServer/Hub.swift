@@ -138,6 +138,8 @@ final class LoopFanout {
     private var toFlush: [SyncConnection] = []
     /// Every WebSocket connection on this loop, for shutdown.
     private var connections: [ObjectIdentifier: SyncConnection] = [:]
+    /// Connections holding an `ack` until their feeds reach its cursor (read-your-writes).
+    private var awaitingDelivery: [ObjectIdentifier: SyncConnection] = [:]
     private let deliveries = Counter(label: "syncline_deliveries_total")
 
     init(eventLoop: any EventLoop, head: Int64, encoder: FeedBatchEncoder) {
@@ -191,6 +193,17 @@ final class LoopFanout {
 
     func unregister(_ connection: SyncConnection) {
         connections[ObjectIdentifier(connection)] = nil
+    }
+
+    /// `connection` holds an `ack` back until this loop's head (and its own feeds) pass its
+    /// cursor; it is told after every batch.
+    func awaitDelivery(_ connection: SyncConnection, _ waiting: Bool) {
+        awaitingDelivery[ObjectIdentifier(connection)] = waiting ? connection : nil
+    }
+
+    private func releaseAwaiting() {
+        guard !awaitingDelivery.isEmpty else { return }
+        for connection in Array(awaitingDelivery.values) { connection.releaseOutcomes() }
     }
 
     /// Pings every connection on this loop and closes those silent for two periods.
@@ -251,6 +264,7 @@ final class LoopFanout {
         }
         head = batch.through
         self.generation = generation
+        releaseAwaiting()
         flush()
         if delivered > 0 { deliveries.increment(by: delivered) }
     }
@@ -269,6 +283,7 @@ final class LoopFanout {
             remove(subscriber)
             subscriber.connection.restart(subscriber, reason: "history was pruned")
         }
+        releaseAwaiting()
         flush()
     }
 

@@ -1,4 +1,5 @@
 import NIOCore
+import SynclinePostgres
 
 /// Everything a running server is told: where to listen, how to authenticate, and every limit.
 /// Each limit has a safe default and a flag (see `syncline serve --help`).
@@ -34,6 +35,11 @@ public struct ServerConfiguration: Sendable {
     public var ringCapacity = 20_000
     /// A feed's share of one batch above this restarts the feed (protocol §2).
     public var maximumFeedBatchBytes = 8 << 20
+    /// Mutations one connection may have in flight (sent, not yet answered); more get
+    /// `error rate_limited`.
+    public var maximumMutationsInFlight = 256
+    /// The group-commit executor: batch size and bytes, lanes, time limits, queue bound, role.
+    public var mutations = MutationExecutor.Configuration()
     /// How long shutdown waits for connections to close after sending 1001.
     public var shutdownGrace: TimeAmount = .seconds(5)
     /// Event loop threads (default: one per core).

@@ -25,6 +25,10 @@ final class SyncConnection: ChannelInboundHandler {
     private var clientID = ""
     private let sessionID = UUID().uuidString.lowercased()
     private var subscribers: [String: Subscriber] = [:]
+    /// Mutations sent on this connection and not yet answered.
+    private var mutations: MutationPipeline
+    /// Whether the loop's fan-out calls `releaseOutcomes` after each batch.
+    private var awaitingDelivery = false
     /// Subscriptions being resolved (before their Subscriber exists), by id → attempt number.
     private var resolving: [String: UInt64] = [:]
     private var attempts: UInt64 = 0
@@ -50,6 +54,7 @@ final class SyncConnection: ChannelInboundHandler {
         self.headerIdentity = headerIdentity
         self.session = SessionStateMachine(limits: .init(
             maximumSubscriptions: environment.configuration.maximumSubscriptionsPerConnection))
+        self.mutations = MutationPipeline(limit: max(1, environment.configuration.maximumMutationsInFlight))
         self.assembler = WebSocketMessageAssembler(maximumBytes: environment.configuration.maximumMessageBytes)
         self.tokens = Double(environment.configuration.maximumMessagesPerSecond) * 2
     }
@@ -176,8 +181,7 @@ final class SyncConnection: ChannelInboundHandler {
             case .unsubscribe(let id):
                 unsubscribe(id)
             case .mutate(let mutation):
-                sendText(ServerMessage.error(code: .unavailable, message: "this server does not accept mutations yet",
-                                             ref: .number(String(mutation.mid)), retryAfterMS: 60_000))
+                mutate(mutation)
             case .reauthenticate(let token):
                 reauthenticate(token)
             }
@@ -417,6 +421,7 @@ final class SyncConnection: ChannelInboundHandler {
         let target = fanout.head
         if subscriber.cursor >= target {
             fanout.activate(subscriber)
+            if awaitingDelivery { releaseOutcomes() }
             return
         }
         let encoder = environment.hub.encoder
@@ -427,6 +432,7 @@ final class SyncConnection: ChannelInboundHandler {
             flushIfNeeded()
             guard !closing else { return }  // the send found the outbound queue full
             fanout.activate(subscriber)
+            if awaitingDelivery { releaseOutcomes() }
             return
         }
         let environment = self.environment
@@ -511,6 +517,71 @@ final class SyncConnection: ChannelInboundHandler {
         subscriber.task = nil
         subscriber.phase = .ended
         environment.hub.release(subscriber.feedID)
+        if awaitingDelivery { releaseOutcomes() }
+    }
+
+    // MARK: Mutations
+
+    /// Hands a `mutate` to the group-commit executor; its answer comes back through
+    /// `mutationDecided` on this loop.
+    private func mutate(_ mutation: ClientMessage.Mutate) {
+        guard let identity else { return }
+        let mid = mutation.mid
+        guard mutations.submit(mid: mid) else {
+            sendText(ServerMessage.error(code: .rateLimited, message: "at most \(mutations.limit) mutations may be in flight on one connection",
+                                         ref: .number(String(mid)), retryAfterMS: 100))
+            return
+        }
+        let bound = self.bound
+        let loop = context.eventLoop
+        let request = MutationExecutor.Request(
+            clientID: clientID, sub: identity.sub, mid: mid, name: mutation.name, args: mutation.args.jsonText,
+            claims: identity.claims
+        ) { outcome in
+            loop.execute { bound.value.mutationDecided(mid: mid, outcome) }
+        }
+        if !environment.mutations.submit(request) {
+            mutationDecided(mid: mid, .error(.unavailable, message: "the server cannot take mutations right now; send it again",
+                                             retryAfterMS: 1000))
+        }
+    }
+
+    private func mutationDecided(mid: Int64, _ outcome: MutationOutcome) {
+        guard !closing else { return }
+        mutations.decided(mid: mid, outcome)
+        releaseOutcomes()
+    }
+
+    /// Sends every answer that may leave now. An `ack` leaves only once each feed of this
+    /// connection has been sent the changes up to its cursor (protocol §5): the loop's fan-out has
+    /// delivered through it, and no feed is still loading or catching up below it.
+    func releaseOutcomes() {
+        guard !closing, context != nil else { return }
+        let loopHead = fanout.head
+        let released = mutations.release { position in self.feedsDelivered(through: position, loopHead: loopHead) }
+        let epoch = environment.hub.epoch
+        for (mid, outcome) in released {
+            sendText(outcome.message(mid: mid, epoch: epoch))
+        }
+        let waiting = mutations.blockingPosition != nil
+        if waiting != awaitingDelivery {
+            awaitingDelivery = waiting
+            fanout.awaitDelivery(self, waiting)
+        }
+        flushIfNeeded()
+    }
+
+    private func feedsDelivered(through position: Int64, loopHead: Int64) -> Bool {
+        guard !subscribers.isEmpty else { return true }
+        guard loopHead >= position else { return false }
+        for subscriber in subscribers.values {
+            switch subscriber.phase {
+            case .live, .ended: continue
+            case .young: if subscriber.cursor < position { return false }
+            case .starting: return false
+            }
+        }
+        return true
     }
 
     // MARK: Output
@@ -665,6 +736,7 @@ final class SyncConnection: ChannelInboundHandler {
         if context != nil {
             for subscriber in subscribers.values { drop(subscriber) }
             fanout.unregister(self)
+            if awaitingDelivery { fanout.awaitDelivery(self, false) }
         }
         subscribers = [:]
         environment.releaseConnection()

@@ -9,6 +9,7 @@ final class SyncEnvironment: Sendable {
     let hub: Hub
     let reader: FeedReader
     let clients: ClientRegistry
+    let mutations: MutationExecutor
     let authenticator: Authenticator
     let logger: Logger
     let connections = NIOLockedValueBox(0)
@@ -17,11 +18,12 @@ final class SyncEnvironment: Sendable {
     let closesCounter = Counter(label: "syncline_closes_total")
 
     init(configuration: ServerConfiguration, hub: Hub, reader: FeedReader, clients: ClientRegistry,
-         authenticator: Authenticator, logger: Logger) {
+         mutations: MutationExecutor, authenticator: Authenticator, logger: Logger) {
         self.configuration = configuration
         self.hub = hub
         self.reader = reader
         self.clients = clients
+        self.mutations = mutations
         self.authenticator = authenticator
         self.logger = logger
     }

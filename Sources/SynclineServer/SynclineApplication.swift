@@ -113,9 +113,12 @@ public final class SynclineApplication: Sendable {
         let catalog = CollectionCatalog(client: snapshots, logger: logger)
         let reader = FeedReader(client: snapshots, catalog: catalog, logger: logger)
         let hub = Hub(epoch: epoch, head: head, configuration: configuration, group: group, logger: logger)
+        let mutations = MutationExecutor(
+            connection: try settings.connectionConfiguration(applicationName: "syncline-mutations"),
+            configuration: configuration.mutations, logger: logger)
         let environment = SyncEnvironment(
             configuration: configuration, hub: hub, reader: reader, clients: ClientRegistry(client: main, logger: logger),
-            authenticator: authenticator, logger: logger)
+            mutations: mutations, authenticator: authenticator, logger: logger)
         let tail = ChangeTail(
             connection: try settings.connectionConfiguration(applicationName: "syncline-tail"), startAfter: head, logger: logger
         ) { event in await hub.handle(event) }
@@ -125,7 +128,7 @@ public final class SynclineApplication: Sendable {
         }
         let server = SynclineServer(environment: environment, group: group, dashboard: dashboard)
         var services: [any Service] = [
-            main, snapshots, tail,
+            main, snapshots, tail, mutations,
             HeartbeatService(hub: hub, group: group, period: .milliseconds(configuration.heartbeatMilliseconds)), server,
         ]
         if options.demoSchemaPath != nil && options.demoGenerator {

@@ -103,3 +103,122 @@ BEGIN
     END IF;
 END;
 $$;
+
+-- Writes (mutations). Mutators run as the role `syncline_writer` with the caller's claims, so the
+-- row-level security policies below decide what a user may write; Syncline's own login (the table
+-- owner) is not subject to them.
+GRANT USAGE ON SCHEMA demo TO syncline_writer;
+GRANT SELECT, UPDATE ON public.accounts TO syncline_writer;
+GRANT SELECT, INSERT ON public.transactions TO syncline_writer;
+GRANT SELECT, INSERT, DELETE ON public.notifications TO syncline_writer;
+GRANT USAGE ON SEQUENCE public.notifications_id_seq TO syncline_writer;
+
+ALTER TABLE public.accounts ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.transactions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.notifications ENABLE ROW LEVEL SECURITY;
+
+DROP POLICY IF EXISTS accounts_read ON public.accounts;
+DROP POLICY IF EXISTS accounts_owner_update ON public.accounts;
+DROP POLICY IF EXISTS transactions_owner_read ON public.transactions;
+DROP POLICY IF EXISTS transactions_owner_insert ON public.transactions;
+DROP POLICY IF EXISTS notifications_own ON public.notifications;
+-- Account names and ids are visible to every writer (a transfer names its destination);
+-- only the owner may change an account.
+CREATE POLICY accounts_read ON public.accounts FOR SELECT TO syncline_writer USING (true);
+CREATE POLICY accounts_owner_update ON public.accounts FOR UPDATE TO syncline_writer
+    USING (owner = demo.current_sub()) WITH CHECK (owner = demo.current_sub());
+CREATE POLICY transactions_owner_read ON public.transactions FOR SELECT TO syncline_writer
+    USING (EXISTS (SELECT 1 FROM public.accounts a WHERE a.id = account_id AND a.owner = demo.current_sub()));
+CREATE POLICY transactions_owner_insert ON public.transactions FOR INSERT TO syncline_writer
+    WITH CHECK (EXISTS (SELECT 1 FROM public.accounts a WHERE a.id = account_id AND a.owner = demo.current_sub()));
+CREATE POLICY notifications_own ON public.notifications FOR ALL TO syncline_writer
+    USING (user_id = demo.current_sub()) WITH CHECK (user_id = demo.current_sub());
+
+-- Locks both accounts of a transfer in id order, so opposite transfers cannot deadlock. Runs as the
+-- owner: the caller may not lock (= update) the destination.
+CREATE OR REPLACE FUNCTION demo.lock_accounts(a text, b text) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+    SELECT 1 FROM public.accounts WHERE id IN (a, b) ORDER BY id FOR UPDATE
+$$;
+
+-- The credit side of a transfer: runs as the owner, because the caller does not own the destination.
+CREATE OR REPLACE FUNCTION demo.credit(account text, amount numeric, memo text) RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE
+    v_id uuid;
+BEGIN
+    UPDATE public.accounts SET balance = balance + amount, version = version + 1 WHERE id = account;
+    INSERT INTO public.transactions (account_id, amount, memo) VALUES (account, amount, memo) RETURNING id INTO v_id;
+    RETURN v_id;
+END;
+$$;
+REVOKE ALL ON FUNCTION demo.credit(text, numeric, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION demo.lock_accounts(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION demo.credit(text, numeric, text) TO syncline_writer;
+GRANT EXECUTE ON FUNCTION demo.lock_accounts(text, text) TO syncline_writer;
+
+-- transfer {from, to, amount, memo?}: moves money from an account the caller owns to any account,
+-- recording one transaction on each side. Rejects: invalid (shape, non-positive amount, more than
+-- two decimals, from = to), not_found (unknown account), forbidden (from not owned by the caller),
+-- insufficient_funds (with the balance in details).
+CREATE OR REPLACE FUNCTION demo.transfer(args jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_from text;
+    v_to text;
+    v_amount numeric;
+    v_memo text;
+    v_account public.accounts;
+    v_debit uuid;
+    v_credit uuid;
+    v_balance numeric;
+BEGIN
+    IF jsonb_typeof(args -> 'from') IS DISTINCT FROM 'string' OR jsonb_typeof(args -> 'to') IS DISTINCT FROM 'string' THEN
+        PERFORM syncline.reject('invalid', 'from and to must be account ids (strings)');
+    END IF;
+    IF jsonb_typeof(args -> 'amount') IS DISTINCT FROM 'number' THEN
+        PERFORM syncline.reject('invalid', 'amount must be a number');
+    END IF;
+    IF args ? 'memo' AND jsonb_typeof(args -> 'memo') NOT IN ('string', 'null') THEN
+        PERFORM syncline.reject('invalid', 'memo must be a string');
+    END IF;
+    v_from := args ->> 'from';
+    v_to := args ->> 'to';
+    v_amount := (args ->> 'amount')::numeric;
+    v_memo := left(coalesce(args ->> 'memo', 'transfer'), 200);
+    IF v_amount <= 0 THEN
+        PERFORM syncline.reject('invalid', 'amount must be positive');
+    END IF;
+    IF v_amount <> round(v_amount, 2) THEN
+        PERFORM syncline.reject('invalid', 'amount has more than two decimals');
+    END IF;
+    IF v_from = v_to THEN
+        PERFORM syncline.reject('invalid', 'from and to are the same account');
+    END IF;
+    PERFORM demo.lock_accounts(v_from, v_to);
+    SELECT * INTO v_account FROM public.accounts WHERE id = v_from;
+    IF NOT FOUND THEN
+        PERFORM syncline.reject('not_found', 'no account ' || left(v_from, 64));
+    END IF;
+    IF v_account.owner IS DISTINCT FROM demo.current_sub() THEN
+        PERFORM syncline.reject('forbidden', 'you do not own account ' || v_from);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM public.accounts WHERE id = v_to) THEN
+        PERFORM syncline.reject('not_found', 'no account ' || left(v_to, 64));
+    END IF;
+    IF v_account.balance < v_amount THEN
+        PERFORM syncline.reject('insufficient_funds', format('balance %s is less than %s', v_account.balance, v_amount),
+                                jsonb_build_object('balance', v_account.balance));
+    END IF;
+    UPDATE public.accounts SET balance = balance - v_amount, version = version + 1 WHERE id = v_from
+    RETURNING balance INTO v_balance;
+    INSERT INTO public.transactions (account_id, amount, memo) VALUES (v_from, -v_amount, v_memo) RETURNING id INTO v_debit;
+    v_credit := demo.credit(v_to, v_amount, v_memo);
+    RETURN jsonb_build_object('debit', v_debit, 'credit', v_credit, 'balance', v_balance);
+END;
+$$;
+
+SELECT syncline.register_mutator('transfer', 'demo.transfer(jsonb)');
+-- Row mutators: rename your own account; write and delete your own notifications.
+SELECT syncline.allow_row_mutations('accounts', '{update}', '{name}');
+SELECT syncline.allow_row_mutations('notifications', '{insert,delete}', '{user_id,body}');
