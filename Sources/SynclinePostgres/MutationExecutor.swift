@@ -183,12 +183,19 @@ public final class MutationExecutor: Service, Sendable {
             do {
                 let connection = try await PostgresConnection.connect(
                     configuration: connectionConfiguration, id: lane.index * 1_000_000 + attempt, logger: logger)
-                defer { let _: EventLoopFuture<Void> = connection.close() }
-                try await setTimeout(configuration.batchTimeout, on: connection)
-                backoff = configuration.minimumBackoff
-                lane.state.withLockedValue { $0.refusing = false }
-                logger.debug("mutation lane connected", metadata: ["lane": "\(lane.index)"])
-                try await serve(lane, on: connection)
+                do {
+                    try await setTimeout(configuration.batchTimeout, on: connection)
+                    backoff = configuration.minimumBackoff
+                    lane.state.withLockedValue { $0.refusing = false }
+                    logger.debug("mutation lane connected", metadata: ["lane": "\(lane.index)"])
+                    try await serve(lane, on: connection)
+                } catch {
+                    // Wait for the close: a connection released while its channel is still open
+                    // trips PostgresNIO's assertion.
+                    try? await connection.close()
+                    throw error
+                }
+                try? await connection.close()
                 return
             } catch {
                 // Until the lane reconnects, new mutations are refused at once (submit returns false)
@@ -379,7 +386,9 @@ public final class MutationExecutor: Service, Sendable {
         do {
             text = try await Self.queryWithDeadline(
                 "SELECT syncline.apply_batch(\(json)::jsonb)::text", on: connection, deadline: timeout + .seconds(5), logger: logger)
-        } catch let error as PSQLError where error.serverInfo != nil {
+        } catch let error as PSQLError where error.serverInfo != nil && !(error.sqlState ?? "").hasPrefix("57P") {
+            // Postgres answered and rolled back; the connection is fine. (57P01–57P05 — the
+            // backend is being shut down or terminated — mean the connection is gone.)
             throw BatchFailure(sqlState: error.sqlState, underlying: error)
         }
         return try parse(text, count: batch.count)

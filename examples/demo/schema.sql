@@ -113,6 +113,9 @@ GRANT SELECT, INSERT ON public.transactions TO syncline_writer;
 GRANT SELECT, INSERT, DELETE ON public.notifications TO syncline_writer;
 GRANT USAGE ON SEQUENCE public.notifications_id_seq TO syncline_writer;
 
+-- The seed above left capture events pending (they fire at commit); ALTER TABLE refuses tables
+-- with pending trigger events, so fire them now.
+SET CONSTRAINTS ALL IMMEDIATE;
 ALTER TABLE public.accounts ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.transactions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.notifications ENABLE ROW LEVEL SECURITY;
