@@ -365,12 +365,14 @@ struct MutationTests {
         }
     }
 
-    @Test("one client on two connections at once: every mid decided exactly once, in order")
-    func sameClientTwoConnections() async throws {
+    @Test("one client on two connections at once (one node, or two nodes): every mid decided exactly once, in order",
+          arguments: [false, true])
+    func sameClientTwoConnections(twoNodes: Bool) async throws {
         try await TestServer.with { server in
+            let other = twoNodes ? try await TestServer.start(database: server.database) : server
             let clientID = "twin-\(UUID().uuidString.prefix(8))"
             let one = try await TestClient.open(server, sub: "alice", clientID: clientID)
-            let two = try await TestClient.open(server, sub: "alice", clientID: clientID)
+            let two = try await TestClient.open(other, sub: "alice", clientID: clientID)
             // Both connections send the same 20 mutations, pipelined.
             for mid in 1...20 {
                 one.send(Self.transfer(Int64(mid), amount: "1", memo: "twin-\(mid)"))
@@ -399,6 +401,7 @@ struct MutationTests {
             #expect(order == "t")
             await one.close()
             await two.close()
+            if twoNodes { await other.stop() }
         }
     }
 
