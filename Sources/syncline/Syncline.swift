@@ -171,27 +171,6 @@ struct Migrate: AsyncParsableCommand {
 
     @OptionGroup var database: DatabaseOptions
 
-    @Option(name: .customLong("max-mutations-in-flight"), help: "Mutations in flight per connection (rate_limited above).")
-    var maxMutationsInFlight = 256
-
-    @Option(name: .customLong("mutation-batch-size"), help: "Mutations per group commit, 1–63; 1 turns batching off.")
-    var mutationBatchSize = 50
-
-    @Option(name: .customLong("mutation-lanes"), help: "Group-commit lanes (Postgres connections running batches).")
-    var mutationLanes = 2
-
-    @Option(name: .customLong("mutation-timeout-ms"), help: "Time limit of one mutation (reject timeout above).")
-    var mutationTimeoutMS = 2_000
-
-    @Option(name: .customLong("mutation-batch-timeout-ms"), help: "Time limit of one batch; past it members re-run one by one.")
-    var mutationBatchTimeoutMS = 5_000
-
-    @Option(name: .customLong("max-queued-mutations"), help: "Mutations queued on this node (unavailable above).")
-    var maxQueuedMutations = 10_000
-
-    @Option(name: .customLong("mutation-role"), help: "Postgres role mutators run as, so row-level security applies; empty = the login role.")
-    var mutationRole = "syncline_writer"
-
     func run() async throws {
         let logger = database.logger()
         let applied = try await SynclineApplication.migrate(
