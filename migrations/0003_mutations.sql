@@ -168,6 +168,24 @@ LANGUAGE sql IMMUTABLE AS $$
     SELECT coalesce(jsonb_object_agg(k, image -> k), '{}') FROM unnest(c.published) AS k
 $$;
 
+-- The quoted column list of a row mutator's `row` or `set` object, which must be non-empty and
+-- name writable columns only (else reject invalid).
+CREATE FUNCTION syncline.writable_columns(w syncline.row_mutations, value jsonb, what text) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_bad text;
+BEGIN
+    IF jsonb_typeof(value) IS DISTINCT FROM 'object' OR value = '{}' THEN
+        PERFORM syncline.reject('invalid', format('args.%s must be a non-empty object', what));
+    END IF;
+    SELECT k INTO v_bad FROM jsonb_object_keys(value) AS k WHERE NOT (k = ANY (w.writable)) LIMIT 1;
+    IF v_bad IS NOT NULL THEN
+        PERFORM syncline.reject('invalid', format('column %s is not writable', left(v_bad, 64)));
+    END IF;
+    RETURN (SELECT string_agg(format('%I', k), ', ') FROM jsonb_object_keys(value) AS k);
+END;
+$$;
+
 -- Generic row mutators. Identifiers come from syncline.collections / row_mutations (quoted with %I)
 -- and are matched against them first; values travel as a jsonb parameter through
 -- jsonb_populate_record, so they are typed by the table itself and never spliced into SQL.
@@ -194,14 +212,7 @@ BEGIN
 
     IF op = 'insert' THEN
         v_row := args -> 'row';
-        IF jsonb_typeof(v_row) IS DISTINCT FROM 'object' OR v_row = '{}' THEN
-            PERFORM syncline.reject('invalid', 'args.row must be a non-empty object');
-        END IF;
-        SELECT k INTO v_bad FROM jsonb_object_keys(v_row) AS k WHERE NOT (k = ANY (w.writable)) LIMIT 1;
-        IF v_bad IS NOT NULL THEN
-            PERFORM syncline.reject('invalid', format('column %s is not writable', left(v_bad, 64)));
-        END IF;
-        SELECT string_agg(format('%I', k), ', ') INTO v_cols FROM jsonb_object_keys(v_row) AS k;
+        v_cols := syncline.writable_columns(w, v_row, 'row');
         EXECUTE format('INSERT INTO %s AS t (%s) SELECT %s FROM jsonb_populate_record(NULL::%s, $1) RETURNING to_jsonb(t)',
                        c.relation, v_cols, v_cols, c.relation)
         INTO v_image USING v_row;
@@ -230,14 +241,7 @@ BEGIN
 
     IF op = 'update' THEN
         v_set := args -> 'set';
-        IF jsonb_typeof(v_set) IS DISTINCT FROM 'object' OR v_set = '{}' THEN
-            PERFORM syncline.reject('invalid', 'args.set must be a non-empty object');
-        END IF;
-        SELECT k INTO v_bad FROM jsonb_object_keys(v_set) AS k WHERE NOT (k = ANY (w.writable)) LIMIT 1;
-        IF v_bad IS NOT NULL THEN
-            PERFORM syncline.reject('invalid', format('column %s is not writable', left(v_bad, 64)));
-        END IF;
-        SELECT string_agg(format('%I', k), ', ') INTO v_cols FROM jsonb_object_keys(v_set) AS k;
+        v_cols := syncline.writable_columns(w, v_set, 'set');
         EXECUTE format('UPDATE %s AS t SET (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%s, $1)) '
                        'FROM jsonb_populate_record(NULL::%s, $2) AS k, jsonb_populate_record(NULL::%s, $3) AS e '
                        'WHERE %s%s RETURNING to_jsonb(t)',
