@@ -35,6 +35,12 @@ struct ConnectionOptions: ParsableArguments {
     @Option(help: "Largest WebSocket frame accepted from the server, in bytes.")
     var maxFrameSize: Int = 64 << 20
 
+    @Option(name: .customLong("protocol"), help: "syncline: Syncline v1; peer: a bench/peers bridge (--url with ?account=…, each message one row); notify (fanout only): no WebSocket, one LISTEN on channel 'bridge' of --database-url, the raw NOTIFY floor.")
+    var wireProtocol: WireProtocol = .syncline
+
+    @Option(help: "The server this run measures, recorded in the JSON (syncline, go, node, python, …).")
+    var serverName: String = "syncline"
+
     struct Endpoint {
         var host: String
         var port: Int
@@ -69,7 +75,7 @@ struct ConnectionOptions: ParsableArguments {
         let settings = ClientSettings(
             host: ep.host, port: ep.port, path: ep.path, token: devToken(sub: self.user),
             clientIDPrefix: clientIDPrefix, mode: mode, maxFrameSize: self.maxFrameSize,
-            expectedPerConnection: expected)
+            expectedPerConnection: expected, peer: self.wireProtocol == .peer)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, self.threads))
         var loops: [any EventLoop] = []
         var states: [NIOLoopBound<LoopState>] = []
@@ -177,6 +183,9 @@ struct Fanout: AsyncParsableCommand {
             let deleted = try await writer.deletePreviousRows(account: self.account)
             if deleted > 0 { print("  cleanup: deleted \(deleted) rows of earlier runs") }
         }
+        if self.connection.wireProtocol == .notify {
+            return try await self.runNotifyFloor(name: name, writer: writer)
+        }
 
         let subscribe = #"{"type":"subscribe","id":"t","collection":"transactions","where":{"account_id":"\#(self.account)"}}"#
         let (outcome, complete): (JSONOut, Bool) = try await self.connection.withClient(
@@ -185,6 +194,8 @@ struct Fanout: AsyncParsableCommand {
             let setupSeconds = try await openAllOrFail(factory: factory, count: n, concurrency: self.connection.connectConcurrency,
                                                        waitingFor: "their snapshot", onFailure: { await writer.close() })
             print("  setup: \(n) connections subscribed, snapshots received, in \(fmt(setupSeconds)) s")
+            // A bridge registers a client just after its upgrade response: let the last ones land.
+            if self.connection.wireProtocol == .peer { try await Task.sleep(nanoseconds: 200_000_000) }
 
             var doneFutures: [EventLoopFuture<Void>] = []
             for (loop, bound) in zip(factory.loops, factory.states) {
@@ -217,7 +228,7 @@ struct Fanout: AsyncParsableCommand {
         }
     }
 
-    private func report(
+    func report(
         name: String, results: [LoopResults], written: ChangeWriter.Outcome, setupSeconds: Double,
         serverCPU: Double?, clientCPU: Double?
     ) -> (JSONOut, Bool) {
@@ -270,6 +281,8 @@ struct Fanout: AsyncParsableCommand {
             ("scenario", .string("fanout")),
             ("complete", .bool(complete)),
             ("name", .string(name)),
+            ("server", .string(self.connection.serverName)),
+            ("protocol", .string(self.connection.wireProtocol.rawValue)),
             ("subscribers", .int(n)),
             ("changes", .int(self.changes)),
             ("rate", .number(self.rate, 1)),
@@ -331,6 +344,7 @@ struct Idle: AsyncParsableCommand {
 
     func run() async throws {
         try ensureFileLimit(self.connections + 256)
+        if self.connection.wireProtocol == .notify { throw ValidationError("--protocol notify is for fanout only") }
         let n = self.connections
         let name = self.name ?? "idle-\(n)"
         print("[\(name)] \(n) idle connections (hello → welcome), \(self.connection.threads) client threads")
@@ -364,6 +378,8 @@ struct Idle: AsyncParsableCommand {
                 ("scenario", .string("idle")),
                 ("complete", .bool(dropped == 0)),
                 ("name", .string(name)),
+                ("server", .string(self.connection.serverName)),
+                ("protocol", .string(self.connection.wireProtocol.rawValue)),
                 ("connections", .int(n)),
                 ("setup_s", .number(setupSeconds)),
                 ("rss_before_kib", .int(before)),

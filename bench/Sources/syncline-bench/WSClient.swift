@@ -23,6 +23,9 @@ struct ClientSettings: Sendable {
     var maxFrameSize: Int
     /// Deliveries each connection must receive before it counts as finished (fanout).
     var expectedPerConnection: Int
+    /// A peer bridge (bench/peers): no subprotocol, no hello/subscribe; live once upgraded, and
+    /// every text message is one row (its `created_at` timed like a `changes` row).
+    var peer = false
 }
 
 /// Everything one event loop's connections share: its histogram and counters. Only ever touched
@@ -142,7 +145,7 @@ final class UpgradeRequestHandler: ChannelInboundHandler, RemovableChannelHandle
     func channelActive(context: ChannelHandlerContext) {
         var headers = HTTPHeaders()
         headers.add(name: "Host", value: "\(self.settings.host):\(self.settings.port)")
-        headers.add(name: "Sec-WebSocket-Protocol", value: "syncline.v1")
+        if !self.settings.peer { headers.add(name: "Sec-WebSocket-Protocol", value: "syncline.v1") }
         headers.add(name: "Content-Length", value: "0")
         let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: self.settings.path, headers: headers)
         context.write(self.wrapOutboundOut(.head(head)), promise: nil)
@@ -208,6 +211,11 @@ final class WSConnectionHandler: ChannelInboundHandler {
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         self.state.connections.append(self)
+        if self.settings.peer {
+            self.phase = .live
+            self.succeedReady()
+            return
+        }
         let hello = #"{"type":"hello","client_id":"\#(self.settings.clientIDPrefix)-\#(self.index)","token":"\#(self.settings.token)"}"#
         self.sendText(hello, context: context)
     }
@@ -264,6 +272,10 @@ final class WSConnectionHandler: ChannelInboundHandler {
     }
 
     private func handleMessage(_ buffer: ByteBuffer, context: ChannelHandlerContext) {
+        if self.settings.peer {
+            if self.phase == .live { buffer.withUnsafeReadableBytes { self.recordChanges($0) } }
+            return
+        }
         buffer.withUnsafeReadableBytes { p in
             let type = FrameScan.messageType(p)
             switch self.phase {
