@@ -27,6 +27,9 @@ public final class MutationExecutor: Service, Sendable {
         public var maximumBatchSize = 50
         /// Bytes of arguments per transaction (a batch closes early past it).
         public var maximumBatchBytes = 4 << 20
+        /// How long a batch that is not full waits for more mutations before it runs. Zero (the
+        /// default) runs at once with whatever queued during the previous commit.
+        public var batchWait: Duration = .zero
         /// Lanes (connections) running batches concurrently.
         public var lanes = 2
         /// Time limit of one mutation when run alone.
@@ -230,7 +233,14 @@ public final class MutationExecutor: Service, Sendable {
     }
 
     private func nextBatch(_ lane: Lane) async -> [Request] {
+        var lingered = configuration.batchWait == .zero
         while true {
+            // Optionally let a batch that is not yet full fill up a little longer (off by default:
+            // what queues during the previous commit is the natural batch).
+            if !lingered, lane.state.withLockedValue({ $0.pending > 0 && $0.pending < configuration.maximumBatchSize }) {
+                lingered = true
+                try? await Task.sleep(for: configuration.batchWait)
+            }
             let taken = lane.state.withLockedValue { s -> [Request]? in
                 if s.stopped { return [] }
                 guard s.pending > 0 else { return nil }

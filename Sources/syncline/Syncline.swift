@@ -104,6 +104,9 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("mutation-batch-size"), help: "Mutations per group commit, 1–63; 1 turns batching off.")
     var mutationBatchSize = 50
 
+    @Option(name: .customLong("mutation-batch-wait-us"), help: "How long a batch that is not full waits for more mutations (0: run at once with what queued during the previous commit).")
+    var mutationBatchWaitMicroseconds = 0
+
     @Option(name: .customLong("mutation-lanes"), help: "Group-commit lanes (Postgres connections running batches).")
     var mutationLanes = 2
 
@@ -150,6 +153,7 @@ struct Serve: AsyncParsableCommand {
         server.maximumMutationsInFlight = maxMutationsInFlight
         server.mutations.maximumBatchSize = mutationBatchSize
         server.mutations.lanes = mutationLanes
+        server.mutations.batchWait = .microseconds(max(0, mutationBatchWaitMicroseconds))
         server.mutations.mutationTimeout = .milliseconds(mutationTimeoutMS)
         server.mutations.batchTimeout = .milliseconds(mutationBatchTimeoutMS)
         server.mutations.maximumQueued = maxQueuedMutations
