@@ -264,6 +264,13 @@ final class WSConnectionHandler: ChannelInboundHandler {
                 context.writeAndFlush(self.wrapOutboundOut(close), promise: nil)
             }
             self.failReady(BenchError("server closed the connection with code \(code)"))
+            if self.phase == .live, !self.finished {
+                // Closed by the server after setup (a bridge dropping a slow client, 4008): it will
+                // never finish, so stop waiting for it, as for a connection lost without a close.
+                self.finished = true
+                self.state.dropped += 1
+                self.state.connectionFinished()
+            }
             self.phase = .closed
             context.close(promise: nil)
         default:

@@ -1,0 +1,303 @@
+#!/usr/bin/env python3
+"""Writes bench/RESULTS.md (tables, goals, PNG plots) from syncline-bench JSON result files.
+
+    bench/.peers/venv/bin/python bench/peers/results.py [--out bench/RESULTS.md] [--plots DIR] FILE...
+
+Reads the fan-out and idle results of Syncline (bench/run: bench/results/<scenario>.json) and of the
+peers (bench/peers/run: bench/results/peer-<server>-<scenario>[-runK].json). A result's server is its
+"server" field (absent in older files: syncline) and its scenario the name without a "server:" prefix
+or "-runK" suffix. Repeated runs of one (server, scenario) are reduced to the median of each figure
+separately. Goals (issue 5) are reported, not asserted. Plots need matplotlib (bench/peers/install
+puts it in the venv); without it the tables are still written.
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+from collections import defaultdict
+
+PEERS = ["go", "node", "python"]
+ORDER = ["syncline", "go", "node", "python", "notify"]
+LABEL = {
+    "syncline": "Syncline",
+    "go": "Go 1.19 + gorilla + lib/pq",
+    "node": "Node 20 + ws + pg",
+    "python": "Python websockets + asyncpg",
+    "notify": "raw NOTIFY floor",
+}
+FANOUT_ORDER = ["fanout-100x2000", "fanout-1000x500", "fanout-10000x100", "fanout-1000x2500-r500",
+                "fanout-1000x500-r50", "fanout-50x200"]
+
+
+def load(paths):
+    runs = defaultdict(list)  # (kind, server, scenario) -> [result]
+    machine = None
+    for path in paths:
+        try:
+            with open(path) as f:
+                o = json.load(f)
+        except (OSError, ValueError):
+            print(f"(skipping unreadable {path})", file=sys.stderr)
+            continue
+        kind = o.get("scenario")
+        if kind not in ("fanout", "idle"):
+            continue
+        machine = machine or o.get("machine")
+        server = o.get("server") or "syncline"
+        name = o.get("name") or os.path.basename(path)
+        name = name.split(":", 1)[1] if ":" in name else name
+        name = re.sub(r"-run\d+$", "", name)
+        runs[(kind, server, name)].append(o)
+    return runs, machine
+
+
+def med(results, *keys):
+    vals = []
+    for o in results:
+        v = o
+        for k in keys:
+            v = v.get(k) if isinstance(v, dict) else None
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            vals.append(float(v))
+    return statistics.median(vals) if vals else None
+
+
+def big(v):
+    return "–" if v is None else f"{v:,.0f}"
+
+
+def ms(v):
+    return "–" if v is None else f"{v:.2f}"
+
+
+def kib(v):
+    return "–" if v is None else f"{v:.1f}"
+
+
+def floor_for(rate, runs):
+    """The floor result matching a fan-out rate (flat out ↔ floor-1x…, r500 ↔ floor-r500)."""
+    for (kind, server, name), rs in runs.items():
+        if server != "notify":
+            continue
+        if rate > 0 and name == f"floor-r{rate:.0f}":
+            return rs
+        if rate == 0 and name.startswith("floor-1x"):
+            return rs
+    return None
+
+
+def fanout_scenarios(runs):
+    names = {name for (kind, server, name) in runs if kind == "fanout" and server != "notify"}
+    return sorted(names, key=lambda n: (FANOUT_ORDER.index(n) if n in FANOUT_ORDER else 99, n))
+
+
+def servers_of(runs, kind):
+    present = {server for (k, server, _) in runs if k == kind}
+    return [s for s in ORDER if s in present] + sorted(present - set(ORDER))
+
+
+def write(runs, machine, out, plots_dir):
+    lines = []
+    add = lines.append
+    cores = (machine or {}).get("cores", "?")
+    cpu = (machine or {}).get("cpu", "?")
+    n_runs = max((len(v) for v in runs.values()), default=0)
+    min_runs = min((len(v) for v in runs.values()), default=0)
+    add("# Syncline benchmarks: Syncline and the bridges users write instead")
+    add("")
+    add(f"Machine: **{cores} cores** ({cpu}); server, PostgreSQL and the load client share these cores, loopback only. "
+        f"Figures are medians of {min_runs}–{n_runs} runs per scenario (each figure separately). "
+        "Peers: bench/peers/ (one LISTEN connection, a per-row `pg_notify(row_to_json)` trigger, "
+        "a bounded per-client queue of 1,024 messages); see bench/README.md for the scenarios.")
+    add("")
+
+    fan_servers = [s for s in servers_of(runs, "fanout") if s != "notify"]
+    scen = fanout_scenarios(runs)
+    if scen:
+        add("## Fan-out")
+        add("")
+        add("| scenario | server | commits/s | deliveries/s | missing | p50 ms | p99 ms | p99.9 ms | server CPU s | deliveries / server CPU-s | runs |")
+        add("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for name in scen:
+            for server in fan_servers:
+                rs = runs.get(("fanout", server, name))
+                if not rs:
+                    continue
+                dropped = med(rs, "dropped_connections") or 0
+                missing = big(med(rs, "missing")) + (f" ({dropped:.0f} dropped)" if dropped else "")
+                add(f"| {name} | {LABEL.get(server, server)} | {big(med(rs, 'commits_per_s'))} | {big(med(rs, 'deliveries_per_s'))} | "
+                    f"{missing} | {ms(med(rs, 'latency_ms', 'p50'))} | {ms(med(rs, 'latency_ms', 'p99'))} | "
+                    f"{ms(med(rs, 'latency_ms', 'p999'))} | {ms(med(rs, 'server_cpu_s'))} | "
+                    f"{big(med(rs, 'deliveries_per_server_cpu_s'))} | {len(rs)} |")
+            rate = med(runs.get(("fanout", fan_servers[0], name), [{}]), "rate") if fan_servers else None
+            fl = floor_for(rate or 0, runs) if rate is not None else None
+            if fl:
+                add(f"| {name} | {LABEL['notify']} (1 listener) | {big(med(fl, 'commits_per_s'))} | {big(med(fl, 'deliveries_per_s'))} | "
+                    f"{big(med(fl, 'missing'))} | {ms(med(fl, 'latency_ms', 'p50'))} | {ms(med(fl, 'latency_ms', 'p99'))} | "
+                    f"{ms(med(fl, 'latency_ms', 'p999'))} | – | – | {len(fl)} |")
+        add("")
+
+    idle_servers = servers_of(runs, "idle")
+    idle_names = sorted({name for (k, _, name) in runs if k == "idle"},
+                        key=lambda n: int(re.sub(r"\D", "", n) or 0))
+    if idle_names:
+        add("## Idle connections")
+        add("")
+        add("| scenario | server | setup s | RSS before MiB | RSS open MiB | KiB / idle connection | runs |")
+        add("|---|---|---:|---:|---:|---:|---:|")
+        for name in idle_names:
+            for server in idle_servers:
+                rs = runs.get(("idle", server, name))
+                if not rs:
+                    continue
+                before = med(rs, "rss_before_kib")
+                opened = med(rs, "rss_open_kib")
+                add(f"| {name} | {LABEL.get(server, server)} | {ms(med(rs, 'setup_s'))} | "
+                    f"{kib(before / 1024 if before else None)} | {kib(opened / 1024 if opened else None)} | "
+                    f"{ms(med(rs, 'rss_per_connection_kib'))} | {len(rs)} |")
+        add("")
+
+    add("## Goals (issue 5; reported, not asserted)")
+    add("")
+    add_goals(runs, add)
+    add("")
+
+    images = plot(runs, scen, fan_servers, plots_dir, os.path.dirname(os.path.abspath(out)))
+    if images:
+        add("## Plots")
+        add("")
+        for title, rel in images:
+            add(f"![{title}]({rel})")
+            add("")
+    with open(out, "w") as f:
+        f.write("\n".join(lines))
+    print(f"wrote {out}" + (f" and {len(images)} plots in {plots_dir}" if images else ""))
+
+
+def add_goals(runs, add):
+    # 1. deliveries per server CPU-second: Syncline vs the best peer, per flat-out scenario.
+    for name in fanout_scenarios(runs):
+        s = runs.get(("fanout", "syncline", name))
+        peers = {p: med(runs[("fanout", p, name)], "deliveries_per_server_cpu_s")
+                 for p in PEERS if ("fanout", p, name) in runs}
+        peers = {p: v for p, v in peers.items() if v}
+        if not s or not peers:
+            continue
+        sv = med(s, "deliveries_per_server_cpu_s")
+        best = max(peers, key=peers.get)
+        if sv:
+            ratio = sv / peers[best]
+            verdict = "met" if ratio >= 2 else f"missed by {2 - ratio:.2f}× (needs {2 * peers[best]:,.0f})"
+            add(f"- **Efficiency, {name}**: Syncline {sv:,.0f} deliveries per server CPU-s vs best peer "
+                f"{LABEL[best]} {peers[best]:,.0f} → **{ratio:.2f}×** (goal ≥ 2×: {verdict}).")
+    # 2. p99 within 2 ms of the NOTIFY floor at 1k subscribers, 500 changes/s.
+    s = runs.get(("fanout", "syncline", "fanout-1000x2500-r500"))
+    fl = floor_for(500, runs)
+    if s and fl:
+        sp, fp = med(s, "latency_ms", "p99"), med(fl, "latency_ms", "p99")
+        if sp is not None and fp is not None:
+            gap = sp - fp
+            verdict = "met" if gap <= 2 else f"missed by {gap - 2:.2f} ms"
+            add(f"- **Latency, 1,000 subscribers at 500 changes/s**: Syncline p99 {sp:.2f} ms, NOTIFY floor p99 "
+                f"{fp:.2f} ms → {gap:+.2f} ms (goal ≤ +2 ms: {verdict}). Commits/s reached: Syncline "
+                f"{big(med(s, 'commits_per_s'))}, floor {big(med(fl, 'commits_per_s'))}.")
+    # 3. RSS per idle connection at the largest idle size.
+    idle = [(int(re.sub(r'\D', '', n) or 0), n) for (k, srv, n) in runs if k == "idle" and srv == "syncline"]
+    if idle:
+        _, name = max(idle)
+        v = med(runs[("idle", "syncline", name)], "rss_per_connection_kib")
+        if v is not None:
+            verdict = "met" if v <= 8 else f"missed by {v - 8:.2f} KiB"
+            others = ", ".join(f"{p} {med(runs[('idle', p, name)], 'rss_per_connection_kib'):.1f}"
+                               for p in PEERS if ("idle", p, name) in runs)
+            add(f"- **Memory, {name}**: Syncline {v:.2f} KiB per idle connection (goal ≤ 8 KiB: {verdict})"
+                + (f"; peers: {others} KiB." if others else "."))
+    add("- **Resume storm**: not measured yet.")
+
+
+def plot(runs, scen, servers, plots_dir, out_dir):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib not available: no plots)", file=sys.stderr)
+        return []
+    os.makedirs(plots_dir, exist_ok=True)
+    images = []
+    colors = {"syncline": "#1f77b4", "go": "#2ca02c", "node": "#ff7f0e", "python": "#9467bd", "notify": "#7f7f7f"}
+
+    # Latency percentiles per fan-out scenario, one group of bars per server (log scale).
+    if scen:
+        fig, axes = plt.subplots(1, len(scen), figsize=(4.2 * len(scen), 4), squeeze=False)
+        for ax, name in zip(axes[0], scen):
+            rate = med(runs.get(("fanout", servers[0], name), [{}]), "rate") or 0
+            rows = [(s, runs.get(("fanout", s, name))) for s in servers]
+            fl = floor_for(rate, runs)
+            if fl:
+                rows.append(("notify", fl))
+            rows = [(s, rs) for s, rs in rows if rs]
+            pcts = [("p50", "p50"), ("p99", "p99"), ("p99.9", "p999")]
+            width = 0.8 / max(1, len(rows))
+            for i, (s, rs) in enumerate(rows):
+                vals = [med(rs, "latency_ms", k) or 0 for _, k in pcts]
+                ax.bar([j + i * width for j in range(len(pcts))], vals, width, label=s, color=colors.get(s))
+            ax.set_xticks([j + width * (len(rows) - 1) / 2 for j in range(len(pcts))])
+            ax.set_xticklabels([p for p, _ in pcts])
+            ax.set_yscale("log")
+            ax.set_title(name, fontsize=9)
+            ax.set_ylabel("commit → receive, ms")
+            ax.legend(fontsize=7)
+        fig.suptitle("Latency percentiles (2 cores, shared with PostgreSQL and the load client)", fontsize=10)
+        fig.tight_layout()
+        path = os.path.join(plots_dir, "latency.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        images.append(("latency percentiles", os.path.relpath(path, out_dir)))
+
+    # Throughput and efficiency vs S, flat-out scenarios (rate 0).
+    flat = [n for n in scen if (med(runs.get(("fanout", servers[0], n), [{}]), "rate") or 0) == 0 and servers]
+    if flat:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        for s in servers:
+            pts = sorted((med(runs[("fanout", s, n)], "subscribers"), med(runs[("fanout", s, n)], "deliveries_per_s"),
+                          med(runs[("fanout", s, n)], "deliveries_per_server_cpu_s"))
+                         for n in flat if ("fanout", s, n) in runs)
+            pts = [p for p in pts if p[0]]
+            if not pts:
+                continue
+            a1.plot([p[0] for p in pts], [p[1] or 0 for p in pts], "o-", label=s, color=colors.get(s))
+            a2.plot([p[0] for p in pts], [p[2] or 0 for p in pts], "o-", label=s, color=colors.get(s))
+        for ax, title in ((a1, "deliveries/s (flat out)"), (a2, "deliveries per server CPU-second")):
+            ax.set_xscale("log")
+            ax.set_xlabel("subscribers S")
+            ax.set_title(title, fontsize=10)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle("Fan-out throughput vs S (2 cores)", fontsize=10)
+        fig.tight_layout()
+        path = os.path.join(plots_dir, "throughput.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        images.append(("throughput vs S", os.path.relpath(path, out_dir)))
+    return images
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="bench/RESULTS.md")
+    ap.add_argument("--plots", default=None, help="folder for the PNGs (default: <out's folder>/plots)")
+    ap.add_argument("files", nargs="+")
+    args = ap.parse_args()
+    runs, machine = load(args.files)
+    if not runs:
+        sys.exit("no fan-out or idle results in the given files")
+    plots = args.plots or os.path.join(os.path.dirname(os.path.abspath(args.out)), "plots")
+    write(runs, machine, args.out, plots)
+
+
+if __name__ == "__main__":
+    main()
