@@ -15,6 +15,8 @@ enum MessageType: UInt8, Sendable {
     case changes
     case error
     case pong
+    case ack
+    case reject
 }
 
 /// Just-enough scanning of server frames, straight on the received bytes: no JSON decoding,
@@ -60,6 +62,9 @@ enum FrameScan {
     static let createdAtKey: [UInt8] = Array("\"created_at\"".utf8)
     static let messageKey: [UInt8] = Array("\"message\"".utf8)
     static let codeKey: [UInt8] = Array("\"code\"".utf8)
+    static let midKey: [UInt8] = Array("\"mid\"".utf8)
+    static let lastMidKey: [UInt8] = Array("\"last_mid\"".utf8)
+    static let refKey: [UInt8] = Array("\"ref\"".utf8)
 
     /// The message's `type` (first occurrence of the key `"type"`; the transactions collection
     /// has no column of that name).
@@ -81,6 +86,8 @@ enum FrameScan {
         case UInt8(ascii: "w"): return matches("welcome") ? .welcome : .other
         case UInt8(ascii: "e"): return matches("error") ? .error : .other
         case UInt8(ascii: "p"): return matches("pong") ? .pong : .other
+        case UInt8(ascii: "a"): return matches("ack") ? .ack : .other
+        case UInt8(ascii: "r"): return matches("reject") ? .reject : .other
         default: return .other
         }
     }
@@ -100,6 +107,23 @@ enum FrameScan {
         var e = j
         while e < p.count, p[e] != UInt8(ascii: "\"") || p[e - 1] == UInt8(ascii: "\\") { e += 1 }
         return String(decoding: UnsafeRawBufferPointer(rebasing: p[j..<min(e, j + 300)]), as: UTF8.self)
+    }
+
+    /// A top-level non-negative integer field (`"mid": 12`), or nil. First occurrence of the key:
+    /// only for keys that come before any nested value of the frame (`mid` in ack/reject,
+    /// `last_mid` in welcome, `ref` in error).
+    static func intField(_ p: UnsafeRawBufferPointer, key: [UInt8], anchor: Int) -> Int64? {
+        let at = key.withUnsafeBytes { find(p, $0, anchor: anchor) }
+        guard let at, var j = skipColon(p, at + key.count), j < p.count else { return nil }
+        if p[j] == UInt8(ascii: "\"") { j += 1 }  // a ref sent as a string
+        var v: Int64 = 0
+        var digits = 0
+        while j < p.count, p[j] >= UInt8(ascii: "0"), p[j] <= UInt8(ascii: "9"), digits < 18 {
+            v = v * 10 + Int64(p[j] - UInt8(ascii: "0"))
+            j += 1
+            digits += 1
+        }
+        return digits > 0 ? v : nil
     }
 
     /// Calls `body` with every `"created_at": "<timestamp>"` value in the frame, as microseconds

@@ -8,8 +8,8 @@ import NIOPosix
 struct SynclineBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "syncline-bench",
-        abstract: "Load client for the Syncline sync server (fan-out latency/throughput, idle memory).",
-        subcommands: [Fanout.self, Idle.self, Report.self])
+        abstract: "Load client for the Syncline sync server (fan-out latency/throughput, idle memory, mutations).",
+        subcommands: [Fanout.self, Idle.self, Mutate.self, PgBench.self, Report.self])
 }
 
 /// Options shared by the scenarios that open WebSocket connections.
@@ -418,6 +418,7 @@ struct Report: ParsableCommand {
     func run() throws {
         var fanouts: [[String: Any]] = []
         var idles: [[String: Any]] = []
+        var mutations: [[String: Any]] = []
         var machine: [String: Any]?
         for file in self.files {
             guard let data = FileManager.default.contents(atPath: file),
@@ -430,6 +431,7 @@ struct Report: ParsableCommand {
             switch object["scenario"] as? String {
             case "fanout": fanouts.append(object)
             case "idle": idles.append(object)
+            case "mutate", "pgbench": mutations.append(object)
             default: break
             }
         }
@@ -460,6 +462,7 @@ struct Report: ParsableCommand {
             }
             print("")
         }
+        if !mutations.isEmpty { MutationReport(runs: mutations).print() }
     }
 }
 

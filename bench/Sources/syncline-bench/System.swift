@@ -53,6 +53,28 @@ enum ProcFS {
         return (u + s) / (ticks > 0 ? ticks : 100)
     }
 
+    /// utime + stime of `root` and its direct children (the postmaster and its backends), in
+    /// seconds. Children that exited are not counted.
+    static func treeCPUSeconds(root: Int32) -> Double? {
+        guard let own = cpuSeconds(pid: root) else { return nil }
+        var total = own
+        guard let dir = opendir("/proc") else { return total }
+        defer { closedir(dir) }
+        let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            guard let pid = Int32(name), pid != root, let stat = readFile("/proc/\(pid)/stat"),
+                  let close = stat.lastIndex(of: ")") else { continue }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            // state(3) ppid(4) … utime(14) stime(15)
+            guard fields.count > 12, Int32(fields[1]) == root, let u = Double(fields[11]), let s = Double(fields[12]) else { continue }
+            total += (u + s) / (ticks > 0 ? ticks : 100)
+        }
+        return total
+    }
+
     /// VmRSS of a process in KiB (from /proc/<pid>/status).
     static func rssKiB(pid: Int32) -> Int? {
         guard let status = readFile("/proc/\(pid)/status") else { return nil }
@@ -129,4 +151,12 @@ func base64url(_ s: String) -> String {
 /// The unsigned development token the server accepts with `--insecure-dev-auth`.
 func devToken(sub: String) -> String {
     base64url(#"{"alg":"none","typ":"JWT"}"#) + "." + base64url(#"{"sub":"\#(sub)"}"#) + "."
+}
+
+/// Monotonic nanoseconds, for latencies.
+@inline(__always)
+func monotonicNanos() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }

@@ -10,6 +10,23 @@ enum ConnectionMode: Sendable {
     case idle
     /// `hello` → `welcome` → `subscribe` → snapshot `done: true`, then counts `changes`.
     case subscribe(frame: String)
+    /// `hello` as its own user → `welcome`; then, once started, a closed loop of `mutate` → answer.
+    case mutate(MutateSettings)
+}
+
+/// The closed-loop mutation client: connection `index` is user `<subPrefix><n>` with client_id
+/// `<clientIDPrefix>-<n>` (n = index + firstAccount) and sends `transfer` from account
+/// `<accountPrefix><n>` to `<accountPrefix><n><sinkSuffix>`, both owned by that user, so no two
+/// connections touch the same row.
+struct MutateSettings: Sendable {
+    var firstAccount: Int
+    var subPrefix: String
+    var accountPrefix: String
+    var sinkSuffix: String
+    var mutator: String
+    var amount: String
+
+    func account(index: Int) -> Int { index + self.firstAccount }
 }
 
 /// Per-run settings shared (read-only) by every connection.
@@ -49,6 +66,17 @@ final class LoopState {
     var firstError: String?
     var resets = 0
     var closeCodes: [Int: Int] = [:]
+    // Mutation scenario (monotonic nanoseconds): answers that arrive inside [windowStart, windowEnd)
+    // are counted and their latency recorded; no mutation is sent at or after windowEnd.
+    var windowStart: UInt64 = .max
+    var windowEnd: UInt64 = .max
+    var acked = 0
+    var ackedTotal = 0
+    var duplicates = 0
+    var rejects = 0
+    var firstReject: String?
+    var mutationErrors = 0
+    var firstMutationError: String?
     var measuring = false
     var timedOut = false
     private var done: EventLoopPromise<Void>?
@@ -107,7 +135,19 @@ final class LoopState {
             histogram: self.histogram, deliveries: self.deliveries, badTimestamps: self.badTimestamps,
             firstDelivery: self.firstDelivery, lastDelivery: self.lastDelivery, missing: missing, extra: extra,
             dropped: self.dropped, errorFrames: self.errorFrames, firstError: self.firstError, resets: self.resets,
-            closeCodes: self.closeCodes, timedOut: self.timedOut)
+            closeCodes: self.closeCodes, timedOut: self.timedOut,
+            acked: self.acked, ackedTotal: self.ackedTotal, duplicates: self.duplicates, rejects: self.rejects,
+            firstReject: self.firstReject, mutationErrors: self.mutationErrors, firstMutationError: self.firstMutationError)
+    }
+
+    /// Starts every ready connection's mutation loop; `done` succeeds when each has had its last
+    /// answer after `end` (or was lost), or at `timeoutSeconds`.
+    func startMutating(on loop: any EventLoop, start: UInt64, end: UInt64, timeoutSeconds: Double) -> EventLoopFuture<Void> {
+        self.windowStart = start
+        self.windowEnd = end
+        let done = self.startMeasuring(on: loop, timeoutSeconds: timeoutSeconds)
+        for c in self.connections { c.startMutating() }
+        return done
     }
 }
 
@@ -125,6 +165,13 @@ struct LoopResults: Sendable {
     var resets: Int
     var closeCodes: [Int: Int]
     var timedOut: Bool
+    var acked = 0
+    var ackedTotal = 0
+    var duplicates = 0
+    var rejects = 0
+    var firstReject: String?
+    var mutationErrors = 0
+    var firstMutationError: String?
 }
 
 /// Sends the upgrade request when the channel becomes active and turns a refused upgrade or an early
@@ -200,6 +247,11 @@ final class WSConnectionHandler: ChannelInboundHandler {
     private var ready: EventLoopPromise<Void>?
     private var fragments: ByteBuffer?
     private var context: ChannelHandlerContext?
+    // Mutation loop: the next mid to send, and the one in flight with its send time.
+    private var nextMid: Int64 = 1
+    private var inFlightMid: Int64 = 0
+    private var sentAt: UInt64 = 0
+    private var mutating = false
 
     init(index: Int, state: LoopState, settings: ClientSettings, ready: EventLoopPromise<Void>) {
         self.index = Int32(index)
@@ -216,7 +268,14 @@ final class WSConnectionHandler: ChannelInboundHandler {
             self.succeedReady()
             return
         }
-        let hello = #"{"type":"hello","client_id":"\#(self.settings.clientIDPrefix)-\#(self.index)","token":"\#(self.settings.token)"}"#
+        var clientID = "\(self.settings.clientIDPrefix)-\(self.index)"
+        var token = self.settings.token
+        if case .mutate(let m) = self.settings.mode {
+            let n = m.account(index: Int(self.index))
+            clientID = "\(self.settings.clientIDPrefix)-\(n)"
+            token = devToken(sub: "\(m.subPrefix)\(n)")
+        }
+        let hello = #"{"type":"hello","client_id":"\#(clientID)","token":"\#(token)"}"#
         self.sendText(hello, context: context)
     }
 
@@ -287,7 +346,9 @@ final class WSConnectionHandler: ChannelInboundHandler {
             let type = FrameScan.messageType(p)
             switch self.phase {
             case .live:
-                if type == .changes {
+                if case .mutate = self.settings.mode {
+                    self.handleMutationAnswer(type, p)
+                } else if type == .changes {
                     self.recordChanges(p)
                 } else if type == .subscribed {
                     self.state.resets += 1  // a restarted feed (mode reset) during the run
@@ -298,6 +359,10 @@ final class WSConnectionHandler: ChannelInboundHandler {
                 if type == .welcome {
                     switch self.settings.mode {
                     case .idle:
+                        self.phase = .live
+                        self.succeedReady()
+                    case .mutate:
+                        self.nextMid = (FrameScan.intField(p, key: FrameScan.lastMidKey, anchor: 5) ?? 0) + 1
                         self.phase = .live
                         self.succeedReady()
                     case .subscribe(let frame):
@@ -346,6 +411,80 @@ final class WSConnectionHandler: ChannelInboundHandler {
             self.finished = true
             state.connectionFinished()
         }
+    }
+
+    // MARK: Mutation loop
+
+    func startMutating() {
+        guard case .mutate = self.settings.mode, self.phase == .live, !self.mutating else { return }
+        self.mutating = true
+        self.sendMutation()
+    }
+
+    private func sendMutation() {
+        guard let context = self.context, case .mutate(let m) = self.settings.mode else { return }
+        let n = m.account(index: Int(self.index))
+        let mid = self.nextMid
+        let frame = #"{"type":"mutate","mid":\#(mid),"name":"\#(m.mutator)","args":{"from":"\#(m.accountPrefix)\#(n)","to":"\#(m.accountPrefix)\#(n)\#(m.sinkSuffix)","amount":\#(m.amount)}}"#
+        self.inFlightMid = mid
+        self.sentAt = monotonicNanos()
+        self.sendText(frame, context: context)
+    }
+
+    /// One answer to the mutation in flight: record it, then send the next one (or stop after the window).
+    private func handleMutationAnswer(_ type: MessageType, _ p: UnsafeRawBufferPointer) {
+        guard self.mutating, !self.finished else {
+            if type == .error { self.state.noteError(Self.describeError(p)) }
+            return
+        }
+        let now = monotonicNanos()
+        let state = self.state
+        let inWindow = now >= state.windowStart && now < state.windowEnd
+        switch type {
+        case .ack:
+            guard FrameScan.intField(p, key: FrameScan.midKey, anchor: 2) == self.inFlightMid else {
+                state.noteError("ack for an unexpected mid")
+                return
+            }
+            state.ackedTotal += 1
+            if inWindow {
+                state.acked += 1
+                let micros = (now &- self.sentAt) / 1000
+                _ = state.histogram.record(min(micros, LoopState.histogramMax))
+            }
+            if Self.duplicateKey.withUnsafeBytes({ FrameScan.find(p, $0, anchor: 2) }) != nil { state.duplicates += 1 }
+            self.nextMid += 1
+        case .reject:
+            state.rejects += 1
+            if state.firstReject == nil { state.firstReject = Self.describeError(p) }
+            self.nextMid += 1  // a reject consumes the mid
+        case .error:
+            // Not decided: the mid is not consumed; send it again after a short pause.
+            state.mutationErrors += 1
+            if state.firstMutationError == nil { state.firstMutationError = Self.describeError(p) }
+            if now < state.windowEnd, let context = self.context {
+                let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+                context.eventLoop.scheduleTask(in: .milliseconds(20)) { bound.value.sendMutation() }
+            } else {
+                self.finishMutating()
+            }
+            return
+        default:
+            return
+        }
+        if now < state.windowEnd {
+            self.sendMutation()
+        } else {
+            self.finishMutating()
+        }
+    }
+
+    private static let duplicateKey: [UInt8] = Array("\"duplicate\"".utf8)
+
+    private func finishMutating() {
+        guard !self.finished else { return }
+        self.finished = true
+        self.state.connectionFinished()
     }
 
     private static func describeError(_ p: UnsafeRawBufferPointer) -> String {
