@@ -355,6 +355,26 @@ struct MutationTests {
         }
     }
 
+    @Test("a transaction that writes as a restricted role (not the tables' owner) is still captured")
+    func restrictedRoleWriterIsCaptured() async throws {
+        try await TestServer.with { server in
+            let alice = try await TestClient.open(server, sub: "alice")
+            alice.send(["type": "subscribe", "id": "n", "collection": "notifications", "where": ["user_id": "alice"]])
+            var feed = FeedCollector(sub: "n")
+            try await feed.collect(from: alice) { $0.snapshotDone }
+            _ = try server.database.psql("""
+                BEGIN;
+                SELECT set_config('request.jwt.claims', '{"sub":"alice"}', true);
+                SET LOCAL ROLE syncline_writer;
+                INSERT INTO notifications (user_id, body) VALUES ('alice', 'as writer');
+                COMMIT;
+                """)
+            try await feed.collect(from: alice) { $0.rows.count == 1 }
+            #expect(feed.rows.values.first?["body"] == .string("as writer"))
+            await alice.close()
+        }
+    }
+
     @Test("mutate before hello closes with 4400")
     func mutateBeforeHello() async throws {
         try await TestServer.with { server in
