@@ -23,6 +23,9 @@ final class HTTPRouter: ChannelInboundHandler, RemovableChannelHandler {
     private let dashboard: ByteBuffer?
     private var head: HTTPRequestHead?
     private var bodyBytes = 0
+    /// Whether the current request lets the connection stay open (HTTP/1.1 default, or
+    /// HTTP/1.0 with `keep-alive`); `Connection: close` is honoured after the response.
+    private var keepAlive = true
 
     init(environment: SyncEnvironment, decision: NIOLoopBound<UpgradeDecision>, dashboard: ByteBuffer?) {
         self.environment = environment
@@ -34,6 +37,7 @@ final class HTTPRouter: ChannelInboundHandler, RemovableChannelHandler {
         switch unwrapInboundIn(data) {
         case .head(let head):
             self.head = head
+            keepAlive = head.isKeepAlive
             bodyBytes = 0
         case .body(let body):
             bodyBytes += body.readableBytes
@@ -118,6 +122,7 @@ final class HTTPRouter: ChannelInboundHandler, RemovableChannelHandler {
 
     private func respond(_ context: ChannelHandlerContext, _ status: HTTPResponseStatus, body: ByteBuffer, contentType: String,
                          close: Bool = false, extraHeaders: [(String, String)] = []) {
+        let close = close || !keepAlive
         var headers = HTTPHeaders([("Content-Type", contentType), ("Content-Length", "\(body.readableBytes)"),
                                    ("Cache-Control", "no-store")])
         for (name, value) in extraHeaders { headers.add(name: name, value: value) }
