@@ -98,6 +98,15 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("event-loop-threads"), help: "Event loop threads (default: cores).")
     var eventLoopThreads = ProcessInfo.processInfo.activeProcessorCount
 
+    @Option(name: .customLong("tls-cert"), help: "PEM certificate chain: serve https/wss (with --tls-key).")
+    var tlsCert: String?
+
+    @Option(name: .customLong("tls-key"), help: "PEM private key of --tls-cert.")
+    var tlsKey: String?
+
+    @Option(name: .customLong("websocket-compression"), help: "permessage-deflate: off, shared or context-takeover.")
+    var websocketCompression = WebSocketCompression.Mode.shared.rawValue
+
     func run() async throws {
         let logger = database.logger()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: SynclineMetrics.registry))
@@ -126,6 +135,12 @@ struct Serve: AsyncParsableCommand {
         server.snapshotConcurrency = snapshotConcurrency
         server.ringCapacity = ringCapacity
         server.eventLoopThreads = eventLoopThreads
+        server.tlsCertificatePath = tlsCert
+        server.tlsKeyPath = tlsKey
+        guard let compressionMode = WebSocketCompression.Mode(rawValue: websocketCompression) else {
+            throw ValidationError("--websocket-compression must be off, shared or context-takeover")
+        }
+        server.webSocketCompression.mode = compressionMode
         options.server = server
         let app: SynclineApplication
         do {
