@@ -58,6 +58,7 @@ final class RawWebSocket: Sendable {
                 guard head.hasPrefix("HTTP/1.1 101") else { throw TestFailure("upgrade refused: \(head)") }
                 return RawWebSocket(channel: channel, received: received, responseHead: head)
             }
+            guard channel.isActive else { throw TestFailure("connection closed before the upgrade response") }
             guard ContinuousClock.now < deadline else { throw TestFailure("no upgrade response") }
             try await Task.sleep(for: .milliseconds(5))
         }

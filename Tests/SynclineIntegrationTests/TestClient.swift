@@ -60,6 +60,7 @@ final class TestClient: Sendable {
             configuration.extensions = [WebSocketExtensionFactory.perMessageDeflate(maxDecompressedFrameSize: 64 << 20, minFrameSizeToCompress: 16).build()]
         }
         let url = tls == nil ? server.url : server.url.replacingOccurrences(of: "ws://", with: "wss://")
+        if tls != nil { configuration.sniHostname = "localhost" }  // SNI cannot carry an IP address
         let opened = NIOLockedValueBox(false)
         let task = Task<WebSocketCloseFrame?, any Error> {
             defer { finished.withLockedValue { $0 = true } }

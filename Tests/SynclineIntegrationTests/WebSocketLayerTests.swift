@@ -38,6 +38,17 @@ struct WebSocketLayerTests {
         #expect(!second.withUnsafeBytes { validator.validate($0) })
     }
 
+    @Test("word-wise unmasking equals NIO's byte-wise unmasking at every length and offset")
+    func unmasking() {
+        let key = WebSocketMaskingKey([0x12, 0xAB, 0x00, 0xFF])!
+        for length in 0..<40 {
+            var backing = ByteBuffer(bytes: (0..<(length + 3)).map { UInt8(truncatingIfNeeded: $0 &* 37) })
+            backing.moveReaderIndex(forwardBy: length % 3)  // payloads do not start at offset 0
+            let frame = WebSocketFrame(fin: true, opcode: .binary, maskKey: key, data: backing.getSlice(at: backing.readerIndex, length: length)!)
+            #expect(WebSocketMessageAssembler.unmaskedData(frame) == frame.unmaskedData, "length \(length)")
+        }
+    }
+
     // MARK: Negotiation
 
     @Test("permessage-deflate negotiation")
