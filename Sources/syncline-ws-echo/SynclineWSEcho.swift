@@ -17,6 +17,10 @@ struct SynclineWSEcho: AsyncParsableCommand {
     var maxMessageBytes = 16 << 20
     @Option(name: .customLong("websocket-compression"), help: "off, shared or context-takeover.")
     var compression = "shared"
+    @Option(name: .customLong("deflate-window-bits"), help: "context-takeover compressor window (9–15).")
+    var deflateWindowBits = WebSocketCompression().windowBits
+    @Option(name: .customLong("deflate-memory-level"), help: "context-takeover compressor memLevel (1–9).")
+    var deflateMemoryLevel = WebSocketCompression().memoryLevel
     @Option(name: .customLong("event-loop-threads"))
     var eventLoopThreads = 1
 
@@ -30,6 +34,8 @@ struct SynclineWSEcho: AsyncParsableCommand {
             throw ValidationError("--websocket-compression must be off, shared or context-takeover")
         }
         configuration.webSocketCompression.mode = mode
+        configuration.webSocketCompression.windowBits = deflateWindowBits
+        configuration.webSocketCompression.memoryLevel = deflateMemoryLevel
         try await WebSocketEchoServer.run(host: host, port: port, path: path, configuration: configuration, logger: logger)
     }
 }

@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import NIOEmbedded
 import NIOWebSocket
@@ -222,5 +223,62 @@ struct WebSocketLayerTests {
         ZlibDeflater(windowBits: 15, memoryLevel: 8)!.compress(Array(repeating: ByteBuffer(repeating: 0x20, count: 1 << 20), count: 8), into: &bomb)
         try channel.writeInbound(WebSocketFrame(fin: true, rsv1: true, opcode: .text, data: bomb))
         #expect(try sentClose(channel) == 1009)
+    }
+}
+
+/// Fan-out cost of compression on the hot path, without sockets: one body per batch written to N
+/// connections through `WebSocketProtocolHandler` with the fan-out's frame shape (per-subscriber
+/// prefix + shared body). Run with `SYNCLINE_WS_BENCH=1 swift test --filter FanoutCompressionBench`;
+/// prints CPU µs and wire bytes per delivery, and resident memory per connection after one
+/// compressed message. Off by default (it measures, it does not check).
+@Suite("Fan-out compression bench", .enabled(if: ProcessInfo.processInfo.environment["SYNCLINE_WS_BENCH"] != nil))
+struct FanoutCompressionBench {
+    @Test("off vs context takeover vs shared")
+    func measure() throws {
+        let connections = Int(ProcessInfo.processInfo.environment["SYNCLINE_WS_BENCH_CONNECTIONS"] ?? "") ?? 1000
+        let batches = 20
+        let row = #"{"op":"insert","key":{"id":"4d0f6a1e-0000-4000-8000-0000000000NN"},"row":{"id":"4d0f6a1e-0000-4000-8000-0000000000NN","account_id":"alice-checking","amount":"12.30","memo":"coffee NN","created_at":"2026-11-27T21:00:00.000Z"}}"#
+        func body(_ batch: Int) -> ByteBuffer {
+            let changes = (0..<5).map { row.replacingOccurrences(of: "NN", with: String(format: "%02d", (batch * 5 + $0) % 100)) }
+            return ByteBuffer(string: "\"cursor\":\"9c41e07a5b2d83f6.\(1000 + batch)\",\"changes\":[" + changes.joined(separator: ",") + "]}")
+        }
+        var modes: [(String, WebSocketCompression.Mode, PerMessageDeflateParameters?)] = [("off", .off, nil)]
+        modes.append(("context-takeover", .contextTakeover, PerMessageDeflateParameters()))
+        modes.append(("shared", .shared, PerMessageDeflateParameters()))
+        for (name, mode, deflate) in modes {
+            let before = WebSocketConformanceTests.residentBytes()
+            var channels: [EmbeddedChannel] = []
+            var prefixes: [ByteBuffer] = []
+            for i in 0..<connections {
+                let channel = EmbeddedChannel()
+                try channel.pipeline.syncOperations.addHandler(WebSocketProtocolHandler(
+                    options: .init(maximumMessageBytes: 1 << 20, compression: WebSocketCompression(mode: mode)), deflate: deflate))
+                channels.append(channel)
+                prefixes.append(ByteBuffer(string: "{\"type\":\"changes\",\"sub\":\"sub-\(i)\","))
+            }
+            var bytes = 0
+            var cpu: Double = 0
+            var rssAfterFirst = 0
+            for batch in 0..<batches {
+                let shared = body(batch)
+                let start = clock()
+                for (channel, prefix) in zip(channels, prefixes) {
+                    channel.write(WebSocketFrame(fin: true, opcode: .text, data: shared, extensionData: prefix), promise: nil)
+                }
+                cpu += Double(clock() - start) / Double(CLOCKS_PER_SEC)
+                for channel in channels {
+                    channel.flush()
+                    while let frame = try channel.readOutbound(as: WebSocketFrame.self) { bytes += frame.length }
+                }
+                if batch == 0 { rssAfterFirst = WebSocketConformanceTests.residentBytes() }
+            }
+            let deliveries = Double(connections * batches)
+            print(String(format: "fanout-bench mode=%@ connections=%d uncompressed=%d B/delivery: %.2f µs CPU/delivery, %.0f B/delivery on the wire, RSS %.1f KiB/connection after the first batch",
+                         name, connections, prefixes[0].readableBytes + body(0).readableBytes, cpu / deliveries * 1e6, Double(bytes) / deliveries,
+                         Double(rssAfterFirst - before) / 1024 / Double(connections)))
+            for channel in channels { _ = try? channel.finish() }
+            let state = DeflateLoopState.forCurrentThread
+            print("fanout-bench shared cache: \(state.hits) hits, \(state.misses) compressions")
+        }
     }
 }

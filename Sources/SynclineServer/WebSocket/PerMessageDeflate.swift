@@ -133,9 +133,9 @@ final class DeflateLoopState: @unchecked Sendable {
 
     /// `body` compressed as an independent raw-deflate stream (sync-flushed, tail removed).
     func sharedCompressed(_ body: ByteBuffer, windowBits: Int) -> ByteBuffer? {
-        for entry in recent where entry.windowBits == windowBits && Self.same(entry.body, body) {
+        for index in recent.indices where recent[index].windowBits == windowBits && Self.same(recent[index].body, body) {
             hits += 1
-            return entry.compressed
+            return recent[index].compressed
         }
         guard let deflater = deflater(windowBits: windowBits) else { return nil }
         misses += 1
@@ -145,7 +145,8 @@ final class DeflateLoopState: @unchecked Sendable {
         return compressed
     }
 
-    private static func same(_ a: ByteBuffer, _ b: ByteBuffer) -> Bool {
+    /// The same bytes in the same storage (callers keep `a` alive, so its address is not reused).
+    static func same(_ a: ByteBuffer, _ b: ByteBuffer) -> Bool {
         guard a.readableBytes == b.readableBytes else { return false }
         return a.withUnsafeReadableBytes { pa in b.withUnsafeReadableBytes { pb in pa.baseAddress == pb.baseAddress } }
     }

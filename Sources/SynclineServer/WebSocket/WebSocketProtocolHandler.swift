@@ -34,6 +34,9 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
     /// `contextTakeover` mode: this connection's own compressor, made on its first compressed message.
     private var deflater: ZlibDeflater?
     private var loopState: DeflateLoopState?
+    /// Stored blocks of this connection's recent per-subscriber prefixes (a prefix is constant per
+    /// subscription), so the shared path allocates nothing per frame.
+    private var storedBlocks: [(prefix: ByteBuffer, block: ByteBuffer)] = []
 
     init(options: Options, deflate: PerMessageDeflateParameters?) {
         self.options = options
@@ -164,8 +167,8 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
     }
 
     private func compress(_ frame: WebSocketFrame, _ deflate: PerMessageDeflateParameters, allocator: ByteBufferAllocator) -> WebSocketFrame? {
-        let parts = [frame.extensionData, frame.data].compactMap { $0 }
         if options.compression.mode == .contextTakeover && !deflate.serverNoContextTakeover {
+            let parts = [frame.extensionData, frame.data].compactMap { $0 }
             if deflater == nil {
                 deflater = ZlibDeflater(windowBits: min(options.compression.windowBits, deflate.serverMaxWindowBits),
                                         memoryLevel: options.compression.memoryLevel)
@@ -180,11 +183,22 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
         let state = loopState ?? DeflateLoopState.forCurrentThread
         loopState = state
         let windowBits = deflate.serverMaxWindowBits
-        if let prefix = frame.extensionData, let block = DeflateFraming.storedBlock(prefix, allocator: allocator),
+        if let prefix = frame.extensionData, let block = storedBlock(prefix, allocator: allocator),
            let body = state.sharedCompressed(frame.data, windowBits: windowBits) {
             return WebSocketFrame(fin: true, rsv1: true, opcode: frame.opcode, data: body, extensionData: block)
         }
         guard let deflater = state.deflater(windowBits: windowBits) else { return nil }
+        let parts = [frame.extensionData, frame.data].compactMap { $0 }
         return WebSocketFrame(fin: true, rsv1: true, opcode: frame.opcode, data: deflater.compressIndependently(parts, allocator: allocator))
+    }
+
+    private func storedBlock(_ prefix: ByteBuffer, allocator: ByteBufferAllocator) -> ByteBuffer? {
+        for index in storedBlocks.indices where DeflateLoopState.same(storedBlocks[index].prefix, prefix) {
+            return storedBlocks[index].block
+        }
+        guard let block = DeflateFraming.storedBlock(prefix, allocator: allocator) else { return nil }
+        if storedBlocks.count == 4 { storedBlocks.removeFirst() }
+        storedBlocks.append((prefix, block))
+        return block
     }
 }
