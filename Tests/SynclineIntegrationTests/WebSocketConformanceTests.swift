@@ -23,7 +23,8 @@ struct WebSocketConformanceTests {
 
     @Test("compressed and uncompressed clients on the same feed receive the same rows")
     func compressedBesidePlain() async throws {
-        try await TestServer.with { server in
+        // The raw client answers pings only while it reads; a long heartbeat keeps it open meanwhile.
+        try await TestServer.with(configure: { $0.server.heartbeatMilliseconds = 60_000 }) { server in
             let plain = try await TestClient.open(server)
             let compressed = try await TestClient.open(server, compression: true)
             // A client that inflates by hand proves what is on the wire.

@@ -121,6 +121,9 @@ final class DeflateLoopState: @unchecked Sendable {
     /// the same bytes.
     private var recent: [Entry] = []
     private static let recentCapacity = 8
+    /// Bodies the cache may keep alive, in bytes (a feed batch may reach 8 MiB).
+    private static let recentBytesCapacity = 4 << 20
+    private var recentBytes = 0
     private(set) var hits = 0
     private(set) var misses = 0
 
@@ -140,8 +143,14 @@ final class DeflateLoopState: @unchecked Sendable {
         guard let deflater = deflater(windowBits: windowBits) else { return nil }
         misses += 1
         let compressed = deflater.compressIndependently([body])
-        if recent.count == Self.recentCapacity { recent.removeFirst() }
+        let cost = body.readableBytes + compressed.readableBytes
+        guard cost <= Self.recentBytesCapacity else { return compressed }
+        while recent.count == Self.recentCapacity || recentBytes + cost > Self.recentBytesCapacity {
+            let evicted = recent.removeFirst()
+            recentBytes -= evicted.body.readableBytes + evicted.compressed.readableBytes
+        }
         recent.append(Entry(body: body, windowBits: windowBits, compressed: compressed))
+        recentBytes += cost
         return compressed
     }
 
