@@ -38,14 +38,14 @@ public enum WebSocketEchoServer {
                             try channel.pipeline.syncOperations.addHandler(EchoHandler())
                         }
                     })
-                let notFound = NotFoundHandler()
+                let notFound = NIOLoopBound(NotFoundHandler(), eventLoop: channel.eventLoop)
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(
                         withServerUpgrade: (upgraders: [upgrader], completionHandler: { context in
-                            context.pipeline.syncOperations.removeHandler(notFound, promise: nil)
+                            context.pipeline.syncOperations.removeHandler(notFound.value, promise: nil)
                         }),
                         withErrorHandling: true)
-                    try channel.pipeline.syncOperations.addHandler(notFound)
+                    try channel.pipeline.syncOperations.addHandler(notFound.value)
                 }
             }
             .bind(host: host, port: port).get()
