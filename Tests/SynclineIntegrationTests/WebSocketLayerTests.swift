@@ -188,6 +188,25 @@ struct WebSocketLayerTests {
         #expect(try channel.readInbound(as: WebSocketFrame.self) == nil)
     }
 
+    @Test("a 16 MiB limit: a 16 MiB message in 16 fragments passes, one byte more closes with 1009")
+    func sixteenMebibytes() throws {
+        let limit = 16 << 20
+        let megabyte = ByteBuffer(repeating: 0x61, count: 1 << 20)
+        for extra in [0, 1] {
+            let channel = try channel(limit: limit)
+            for i in 0..<16 {
+                try channel.writeInbound(WebSocketFrame(fin: false, opcode: i == 0 ? .text : .continuation, data: megabyte))
+            }
+            try channel.writeInbound(WebSocketFrame(fin: true, opcode: .continuation, data: ByteBuffer(repeating: 0x61, count: extra)))
+            if extra == 0 {
+                let message = try #require(try channel.readInbound(as: WebSocketFrame.self))
+                #expect(message.data.readableBytes == limit)
+            } else {
+                #expect(try sentClose(channel) == 1009)
+            }
+        }
+    }
+
     @Test("after the server's close, only the client's close is read, and TCP closes then")
     func closeHandshake() throws {
         let channel = try channel()
