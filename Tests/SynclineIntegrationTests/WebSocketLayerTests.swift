@@ -118,6 +118,15 @@ struct WebSocketLayerTests {
         }
     }
 
+    @Test("server_max_window_bits=8: Huffman-only output (no back-references) inflates correctly")
+    func windowBitsEight() {
+        let text = String(repeating: "abcabcabc ", count: 200)
+        let compressed = ZlibDeflater(windowBits: 8, memoryLevel: 8)!.compressIndependently([ByteBuffer(string: text)])
+        #expect(compressed.readableBytes < text.utf8.count)
+        let (outcome, output) = inflate(compressed)
+        #expect(outcome == .ok && String(buffer: output) == text)
+    }
+
     @Test("a decompression bomb stops at the limit")
     func bombStopsAtLimit() {
         let zeros = ByteBuffer(repeating: 0x20, count: 1 << 20)
