@@ -51,12 +51,15 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // System zlib (Debian: zlib1g-dev) for permessage-deflate.
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib", providers: [.apt(["zlib1g-dev"])]),
         // HTTP routes, the WebSocket endpoint, auth, fan-out, metrics, lifecycle.
         .target(
             name: "SynclineServer",
             dependencies: [
                 "SynclineCore",
                 "SynclinePostgres",
+                "CZlib",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -76,6 +79,16 @@ let package = Package(
             dependencies: [
                 "SynclineServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict
+        ),
+        // The Autobahn|Testsuite echo endpoint over the server's WebSocket layer (scripts/autobahn).
+        .executableTarget(
+            name: "syncline-ws-echo",
+            dependencies: [
+                "SynclineServer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
         ),
@@ -108,6 +121,10 @@ let package = Package(
                 "SynclinePostgres",
                 .product(name: "WSClient", package: "swift-websocket"),
                 .product(name: "WSCore", package: "swift-websocket"),
+                .product(name: "WSCompression", package: "swift-websocket"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -9,6 +9,7 @@ import SynclineProtocol
 final class UpgradeDecision {
     var refusal: (HTTPResponseStatus, String, String)?
     var identity: Identity?
+    var deflate: PerMessageDeflateParameters?
 }
 
 /// The plain HTTP routes beside `/v1/sync`: health, readiness, metrics, the demo dashboard and demo

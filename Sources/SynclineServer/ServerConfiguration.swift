@@ -44,6 +44,11 @@ public struct ServerConfiguration: Sendable {
     public var shutdownGrace: TimeAmount = .seconds(5)
     /// Event loop threads (default: one per core).
     public var eventLoopThreads = System.coreCount
+    /// permessage-deflate (RFC 7692): off, shared (default) or context-takeover.
+    public var webSocketCompression = WebSocketCompression()
+    /// PEM certificate chain and private key: serve HTTPS/WSS instead of plain HTTP/WS.
+    public var tlsCertificatePath: String?
+    public var tlsKeyPath: String?
 
     public init() {}
 }

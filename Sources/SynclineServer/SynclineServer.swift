@@ -3,6 +3,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import NIOWebSocket
 import ServiceLifecycle
 import SynclineProtocol
@@ -35,7 +36,9 @@ final class SynclineServer: Service, Sendable {
         let environment = self.environment
         let dashboard = self.dashboard
         let channel: any Channel
+        let tls: NIOSSLContext?
         do {
+            tls = try Self.makeTLSContext(configuration)
             channel = try await ServerBootstrap(group: group)
                 .serverChannelOption(.backlog, value: 4096)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -43,7 +46,7 @@ final class SynclineServer: Service, Sendable {
                 .childChannelOption(.writeBufferWaterMark,
                                     value: .init(low: configuration.maximumOutboundBytes / 2, high: configuration.maximumOutboundBytes))
                 .childChannelInitializer { channel in
-                    Self.initialize(channel, environment: environment, dashboard: dashboard)
+                    Self.initialize(channel, environment: environment, dashboard: dashboard, tls: tls)
                 }
                 .bind(host: configuration.host, port: configuration.port).get()
         } catch {
@@ -52,8 +55,10 @@ final class SynclineServer: Service, Sendable {
         }
         let port = channel.localAddress?.port ?? configuration.port
         boundPort.succeed(port)
+        let secure = tls == nil ? "" : "s"
         environment.logger.info("syncline listening", metadata: [
-            "address": "http://\(configuration.host):\(port)", "websocket": "ws://\(configuration.host):\(port)/v1/sync",
+            "address": "http\(secure)://\(configuration.host):\(port)", "websocket": "ws\(secure)://\(configuration.host):\(port)/v1/sync",
+            "compression": "\(configuration.webSocketCompression.mode.rawValue)",
         ])
         if configuration.demo {
             environment.logger.notice("demo dashboard: http://\(configuration.host):\(port)/")
@@ -71,10 +76,31 @@ final class SynclineServer: Service, Sendable {
         }
     }
 
-    private static func initialize(_ channel: any Channel, environment: SyncEnvironment, dashboard: ByteBuffer?) -> EventLoopFuture<Void> {
+    /// `--tls-cert`/`--tls-key` (PEM) as a server context; nil without them.
+    static func makeTLSContext(_ configuration: ServerConfiguration) throws -> NIOSSLContext? {
+        guard let certificatePath = configuration.tlsCertificatePath, let keyPath = configuration.tlsKeyPath else {
+            if configuration.tlsCertificatePath != nil || configuration.tlsKeyPath != nil {
+                throw TLSConfigurationError(message: "--tls-cert and --tls-key go together")
+            }
+            return nil
+        }
+        let chain = try NIOSSLCertificate.fromPEMFile(certificatePath).map { NIOSSLCertificateSource.certificate($0) }
+        let key = try NIOSSLPrivateKey(file: keyPath, format: .pem)
+        var tls = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key))
+        tls.applicationProtocols = ["http/1.1"]
+        return try NIOSSLContext(configuration: tls)
+    }
+
+    struct TLSConfigurationError: Error, CustomStringConvertible {
+        var message: String
+        var description: String { message }
+    }
+
+    private static func initialize(_ channel: any Channel, environment: SyncEnvironment, dashboard: ByteBuffer?, tls: NIOSSLContext?) -> EventLoopFuture<Void> {
         let decision = NIOLoopBound(UpgradeDecision(), eventLoop: channel.eventLoop)
+        let configuration = environment.configuration
         let upgrader = NIOWebSocketServerUpgrader(
-            maxFrameSize: environment.configuration.maximumMessageBytes,
+            maxFrameSize: WebSocketProtocolHandler.maximumFrameSize(messageLimit: configuration.maximumMessageBytes),
             automaticErrorHandling: true,
             shouldUpgrade: { channel, head in
                 shouldUpgrade(channel, head, environment: environment, decision: decision)
@@ -82,11 +108,16 @@ final class SynclineServer: Service, Sendable {
             upgradePipelineHandler: { channel, _ in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
+                        WebSocketProtocolHandler(options: .init(configuration), deflate: decision.value.deflate))
+                    try channel.pipeline.syncOperations.addHandler(
                         SyncConnection(environment: environment, headerIdentity: decision.value.identity))
                 }
             })
         let router = HTTPRouter(environment: environment, decision: decision, dashboard: dashboard)
         return channel.eventLoop.makeCompletedFuture {
+            if let tls {
+                try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls))
+            }
             try channel.pipeline.syncOperations.configureHTTPServerPipeline(
                 withServerUpgrade: (upgraders: [upgrader], completionHandler: { context in
                     context.pipeline.syncOperations.removeHandler(router, promise: nil)
@@ -114,6 +145,7 @@ final class SynclineServer: Service, Sendable {
             }
             responseHeaders.add(name: "Sec-WebSocket-Protocol", value: synclineSubprotocol)
         }
+        decision.value.deflate = WebSocketLayer.negotiateDeflate(head, configuration: environment.configuration, into: &responseHeaders)
         guard environment.admitConnection() else {
             decision.value.refusal = (.serviceUnavailable, "overloaded", "connection limit reached; retry later")
             return loop.makeSucceededFuture(nil)

@@ -121,6 +121,14 @@ struct Serve: AsyncParsableCommand {
 
     @Option(name: .customLong("mutation-role"), help: "Postgres role mutators run as, so row-level security applies; empty = the login role.")
     var mutationRole = "syncline_writer"
+    @Option(name: .customLong("tls-cert"), help: "PEM certificate chain: serve https/wss (with --tls-key).")
+    var tlsCert: String?
+
+    @Option(name: .customLong("tls-key"), help: "PEM private key of --tls-cert.")
+    var tlsKey: String?
+
+    @Option(name: .customLong("websocket-compression"), help: "permessage-deflate: off, shared or context-takeover.")
+    var websocketCompression = WebSocketCompression.Mode.shared.rawValue
 
     func run() async throws {
         let logger = database.logger()
@@ -158,6 +166,12 @@ struct Serve: AsyncParsableCommand {
         server.mutations.batchTimeout = .milliseconds(mutationBatchTimeoutMS)
         server.mutations.maximumQueued = maxQueuedMutations
         server.mutations.role = mutationRole.isEmpty ? nil : mutationRole
+        server.tlsCertificatePath = tlsCert
+        server.tlsKeyPath = tlsKey
+        guard let compressionMode = WebSocketCompression.Mode(rawValue: websocketCompression) else {
+            throw ValidationError("--websocket-compression must be off, shared or context-takeover")
+        }
+        server.webSocketCompression.mode = compressionMode
         options.server = server
         let app: SynclineApplication
         do {

@@ -4,11 +4,13 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import SynclineProtocol
 import SynclineServer
 import HTTPTypes
 import WSClient
 import WSCore
+import WSCompression
 
 /// A real WebSocket client (swift-websocket's WSClient) with a pull API for tests: send JSON text,
 /// wait for the next message with a timeout, learn the close code the server sent.
@@ -40,7 +42,8 @@ final class TestClient: Sendable {
 
     /// Connects (no hello yet).
     static func connect(
-        _ server: TestServer, headers: [(String, String)] = [], subprotocols: [String] = [synclineSubprotocol]
+        _ server: TestServer, headers: [(String, String)] = [], subprotocols: [String] = [synclineSubprotocol],
+        compression: Bool = false, tls: TLSConfiguration? = nil
     ) async throws -> TestClient {
         let inbox = NIOLockedValueBox<[JSONValue]>([])
         let finished = NIOLockedValueBox(false)
@@ -53,10 +56,15 @@ final class TestClient: Sendable {
             configuration.additionalHeaders[HTTPField.Name("Sec-WebSocket-Protocol")!] = subprotocols.joined(separator: ", ")
         }
         configuration.autoPing = .disabled
+        if compression {
+            configuration.extensions = [WebSocketExtensionFactory.perMessageDeflate(maxDecompressedFrameSize: 64 << 20, minFrameSizeToCompress: 16).build()]
+        }
+        let url = tls == nil ? server.url : server.url.replacingOccurrences(of: "ws://", with: "wss://")
+        if tls != nil { configuration.sniHostname = "localhost" }  // SNI cannot carry an IP address
         let opened = NIOLockedValueBox(false)
         let task = Task<WebSocketCloseFrame?, any Error> {
             defer { finished.withLockedValue { $0 = true } }
-            return try await WebSocketClient.connect(url: server.url, configuration: configuration, logger: TestCluster.logger) { inbound, outbound, _ in
+            return try await WebSocketClient.connect(url: url, configuration: configuration, tlsConfiguration: tls, logger: TestCluster.logger) { inbound, outbound, _ in
                 opened.withLockedValue { $0 = true }
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     group.addTask {
@@ -95,8 +103,10 @@ final class TestClient: Sendable {
     }
 
     /// Connects and completes hello → welcome as `sub`.
-    static func open(_ server: TestServer, sub: String = "alice", clientID: String? = nil) async throws -> TestClient {
-        let client = try await connect(server)
+    static func open(
+        _ server: TestServer, sub: String = "alice", clientID: String? = nil, compression: Bool = false, tls: TLSConfiguration? = nil
+    ) async throws -> TestClient {
+        let client = try await connect(server, compression: compression, tls: tls)
         client.send(["type": "hello", "client_id": clientID ?? "c-\(UUID().uuidString.prefix(12))", "token": unsignedToken(sub)])
         let welcome = try await client.next()
         guard welcome["type"]?.stringValue == "welcome" else { throw TestFailure("expected welcome, got \(welcome.jsonText)") }
