@@ -131,7 +131,7 @@ struct WebSocketLayerTests {
     func bombStopsAtLimit() {
         let zeros = ByteBuffer(repeating: 0x20, count: 1 << 20)
         var bomb = ByteBuffer()
-        ZlibDeflater(windowBits: 15, memoryLevel: 8)!.compress(Array(repeating: zeros, count: 64), into: &bomb)
+        ZlibDeflater(windowBits: 15, memoryLevel: 8, level: 9)!.compress(Array(repeating: zeros, count: 64), into: &bomb)
         #expect(bomb.readableBytes < 128 << 10)  // 64 MiB of spaces in ~64 KiB
         let (outcome, output) = inflate(bomb, limit: 1 << 20)
         #expect(outcome == .tooBig)
@@ -248,7 +248,7 @@ struct WebSocketLayerTests {
         #expect(outcome == .ok && String(buffer: inflated) == "{\"p\":1," + text)
         // Bomb.
         var bomb = ByteBuffer()
-        ZlibDeflater(windowBits: 15, memoryLevel: 8)!.compress(Array(repeating: ByteBuffer(repeating: 0x20, count: 1 << 20), count: 8), into: &bomb)
+        ZlibDeflater(windowBits: 15, memoryLevel: 8, level: 9)!.compress(Array(repeating: ByteBuffer(repeating: 0x20, count: 1 << 20), count: 8), into: &bomb)
         try channel.writeInbound(WebSocketFrame(fin: true, rsv1: true, opcode: .text, data: bomb))
         #expect(try sentClose(channel) == 1009)
     }
