@@ -26,7 +26,7 @@ else
     )
     FEEDS=("feeds-10000x10000 10000 10000 10")  # 10k feeds, one row each, 10 accounts per commit
     # The storm is 5,000 clients × 50,000 changes; this server does not get through it (by
-    # hand, 27 Nov: after 120 s 2,948 of 5,000 had not resumed; at 5,000 × 10,000, 464 were closed
+    # hand, 28 Nov: after 120 s 2,948 of 5,000 had not resumed; at 5,000 × 10,000, 464 were closed
     # for not answering pings): each resuming subscriber copies and filters the whole missed range
     # of the ring on its event loop, O(clients × changes). 1,000 × 10,000 completes; see RESULTS.md.
     RESUME=("resume-1000x10000 1000 10000 1000")
@@ -35,5 +35,5 @@ else
     IDLE=("idle-19500 19500")
     FLOOR=("floor-1x1000 1 1000 0" "floor-r500 1 500 500")
     # A bridge that cannot keep up waits this long (from the first commit) and is reported incomplete.
-    FANOUT_TIMEOUT=20
+    FANOUT_TIMEOUT=12
 fi

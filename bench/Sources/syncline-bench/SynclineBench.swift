@@ -152,6 +152,9 @@ struct Fanout: AsyncParsableCommand {
     @Option(help: "Many feeds: rows per transaction (consecutive accounts); --rate counts transactions.")
     var rowsPerCommit: Int = 1
 
+    @Option(help: "Measurements on one set of subscriptions; with more than one, round k is named <name>-run<k> and written to <json without .json>-run<k>.json. A round that misses deliveries gets the next one a fresh set.")
+    var rounds: Int = 1
+
     @Option(help: "Scenario name for the report.")
     var name: String?
 
@@ -161,6 +164,7 @@ struct Fanout: AsyncParsableCommand {
     func validate() throws {
         guard self.subscribers > 0, self.changes > 0 else { throw ValidationError("--subscribers and --changes must be > 0") }
         guard self.rate >= 0 else { throw ValidationError("--rate must be >= 0") }
+        guard self.rounds > 0 else { throw ValidationError("--rounds must be > 0") }
         if self.manyFeeds {
             guard self.changes % self.subscribers == 0 else { throw ValidationError("--many-feeds: --changes must be a multiple of --subscribers") }
             guard self.rowsPerCommit > 0, self.changes % self.rowsPerCommit == 0 else { throw ValidationError("--rows-per-commit must divide --changes") }
@@ -201,53 +205,98 @@ struct Fanout: AsyncParsableCommand {
             if deleted > 0 { print("  cleanup: deleted \(deleted) rows of earlier runs") }
         }
         if self.connection.wireProtocol == .notify {
-            return try await self.runNotifyFloor(name: name, writer: writer)
+            // runNotifyFloor closes its writer: each round gets a new one.
+            for round in 1...self.rounds {
+                let roundWriter = round == 1 ? writer : try await ChangeWriter.connect(url: self.databaseURL, on: writerGroup.next())
+                try await self.runNotifyFloor(
+                    name: self.roundName(name, round), writer: roundWriter, json: self.json.map { self.roundFile($0, round) })
+            }
+            return
         }
 
         let subscribe = #"{"type":"subscribe","id":"t","collection":"transactions","where":{"account_id":"\#(self.account)"}}"#
         let feeds = FeedSettings()
-        let (outcome, complete): (JSONOut, Bool) = try await self.connection.withClient(
-            mode: self.manyFeeds ? .feeds(feeds) : .subscribe(frame: subscribe),
-            expected: self.manyFeeds ? m / n : m, clientIDPrefix: runID()
-        ) { factory in
-            let setupSeconds = try await openAllOrFail(factory: factory, count: n, concurrency: self.connection.connectConcurrency,
-                                                       waitingFor: "their snapshot", onFailure: { await writer.close() })
-            print("  setup: \(n) connections subscribed, snapshots received, in \(fmt(setupSeconds)) s")
-            // A bridge registers a client just after its upgrade response: let the last ones land.
-            if self.connection.wireProtocol == .peer { try await Task.sleep(nanoseconds: 200_000_000) }
-
-            var doneFutures: [EventLoopFuture<Void>] = []
-            for (loop, bound) in zip(factory.loops, factory.states) {
-                let timeout = self.timeout
-                doneFutures.append(loop.flatSubmit { bound.value.startMeasuring(on: loop, timeoutSeconds: timeout) })
+        var round = 1
+        var allComplete = true
+        while round <= self.rounds {
+            try await self.connection.withClient(
+                mode: self.manyFeeds ? .feeds(feeds) : .subscribe(frame: subscribe),
+                expected: self.manyFeeds ? m / n : m, clientIDPrefix: runID()
+            ) { factory in
+                let setupSeconds = try await openAllOrFail(factory: factory, count: n, concurrency: self.connection.connectConcurrency,
+                                                           waitingFor: "their snapshot", onFailure: { await writer.close() })
+                print("  setup: \(n) connections subscribed, snapshots received, in \(fmt(setupSeconds)) s")
+                // A bridge registers a client just after its upgrade response: let the last ones land.
+                if self.connection.wireProtocol == .peer { try await Task.sleep(nanoseconds: 200_000_000) }
+                // Setting up 10,000 subscriptions takes longer than measuring them: the rounds share
+                // one set while every round is complete (late rows of a cut-off round would be
+                // counted in the next, so an incomplete round ends the set).
+                while round <= self.rounds {
+                    if round > 1 {
+                        try? await Task.sleep(nanoseconds: 1_000_000_000)
+                        for (loop, bound) in zip(factory.loops, factory.states) {
+                            try await loop.submit { bound.value.startNextRound() }.get()
+                        }
+                    }
+                    let roundName = self.roundName(name, round)
+                    if self.rounds > 1 { print("  round \(round) of \(self.rounds): \(roundName)") }
+                    let (outcome, complete) = try await self.measure(
+                        name: roundName, factory: factory, writer: writer, feeds: feeds, setupSeconds: setupSeconds)
+                    if let path = self.json {
+                        let file = self.roundFile(path, round)
+                        try outcome.write(to: file)
+                        print("  → \(file)")
+                    }
+                    round += 1
+                    if !complete { allComplete = false; break }
+                }
+                await closeAll(loops: factory.loops, states: factory.states, timeoutSeconds: 5)
             }
-            let serverCPUBefore = self.serverPid.flatMap { ProcFS.cpuSeconds(pid: $0) }
-            let clientCPUBefore = ProcFS.cpuSeconds(pid: getpid())
-            let deadline = monotonicSeconds() + self.timeout
-            let written = self.manyFeeds
-                ? await writer.runSpread(rows: m, rowsPerCommit: self.rowsPerCommit, accounts: n, prefix: feeds.accountPrefix,
-                                         rate: self.rate, deadline: deadline)
-                : await writer.run(count: m, rate: self.rate, account: self.account, deadline: deadline)
-            for f in doneFutures { try? await f.get() }
-            let serverCPUAfter = self.serverPid.flatMap { ProcFS.cpuSeconds(pid: $0) }
-            let clientCPUAfter = ProcFS.cpuSeconds(pid: getpid())
-            await writer.close()
-
-            let results = try await collectResults(loops: factory.loops, states: factory.states)
-            await closeAll(loops: factory.loops, states: factory.states, timeoutSeconds: 5)
-            return self.report(
-                name: name, results: results, written: written, setupSeconds: setupSeconds,
-                serverCPU: serverCPUBefore.flatMap { b in serverCPUAfter.map { $0 - b } },
-                clientCPU: clientCPUBefore.flatMap { b in clientCPUAfter.map { $0 - b } })
         }
-        if let path = self.json {
-            try outcome.write(to: path)
-            print("  → \(path)")
-        }
-        if !complete {
+        await writer.close()
+        if !allComplete {
             print("  INCOMPLETE: deliveries missing or duplicated, or the writer failed")
             throw ExitCode(3)
         }
+    }
+
+    func roundName(_ name: String, _ round: Int) -> String {
+        self.rounds > 1 ? "\(name)-run\(round)" : name
+    }
+
+    /// `out.json` → `out-run<k>.json` when there are several rounds.
+    func roundFile(_ path: String, _ round: Int) -> String {
+        guard self.rounds > 1 else { return path }
+        return (path.hasSuffix(".json") ? String(path.dropLast(5)) : path) + "-run\(round).json"
+    }
+
+    /// One measurement on subscriptions that are set up: the writer's commits, every delivery, CPU.
+    private func measure(
+        name: String, factory: ConnectionFactory, writer: ChangeWriter, feeds: FeedSettings, setupSeconds: Double
+    ) async throws -> (JSONOut, Bool) {
+        let m = self.changes
+        let n = self.subscribers
+        var doneFutures: [EventLoopFuture<Void>] = []
+        for (loop, bound) in zip(factory.loops, factory.states) {
+            let timeout = self.timeout
+            doneFutures.append(loop.flatSubmit { bound.value.startMeasuring(on: loop, timeoutSeconds: timeout) })
+        }
+        let serverCPUBefore = self.serverPid.flatMap { ProcFS.cpuSeconds(pid: $0) }
+        let clientCPUBefore = ProcFS.cpuSeconds(pid: getpid())
+        let deadline = monotonicSeconds() + self.timeout
+        let written = self.manyFeeds
+            ? await writer.runSpread(rows: m, rowsPerCommit: self.rowsPerCommit, accounts: n, prefix: feeds.accountPrefix,
+                                     rate: self.rate, deadline: deadline)
+            : await writer.run(count: m, rate: self.rate, account: self.account, deadline: deadline)
+        for f in doneFutures { try? await f.get() }
+        let serverCPUAfter = self.serverPid.flatMap { ProcFS.cpuSeconds(pid: $0) }
+        let clientCPUAfter = ProcFS.cpuSeconds(pid: getpid())
+
+        let results = try await collectResults(loops: factory.loops, states: factory.states)
+        return self.report(
+            name: name, results: results, written: written, setupSeconds: setupSeconds,
+            serverCPU: serverCPUBefore.flatMap { b in serverCPUAfter.map { $0 - b } },
+            clientCPU: clientCPUBefore.flatMap { b in clientCPUAfter.map { $0 - b } })
     }
 
     func report(

@@ -109,6 +109,19 @@ final class LoopState {
         self.checkDone()
     }
 
+    /// Fan-out rounds on the same connections: counts start from zero again; a connection that
+    /// was lost stays finished (and its rows missing).
+    func startNextRound() {
+        self.histogram = Histogram(
+            lowestDiscernibleValue: 1, highestTrackableValue: LoopState.histogramMax, numberOfSignificantValueDigits: .three)
+        self.deliveries = 0
+        self.badTimestamps = 0
+        self.firstDelivery = .max
+        self.lastDelivery = 0
+        self.timedOut = false
+        self.finished = self.connections.reduce(0) { $0 + ($1.startNextRound() ? 1 : 0) }
+    }
+
     private func checkDone() {
         if self.measuring, self.finished >= self.readyConnections { self.complete() }
     }
@@ -294,6 +307,13 @@ final class WSConnectionHandler: ChannelInboundHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+    }
+
+    /// Resets the delivery count for the next fan-out round; true when the connection is gone.
+    func startNextRound() -> Bool {
+        self.deliveries = 0
+        self.finished = self.phase != .live
+        return self.finished
     }
 
     private func sendText(_ text: String, context: ChannelHandlerContext) {
