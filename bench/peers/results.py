@@ -129,7 +129,7 @@ def write(runs, machine, out, plots_dir, args):
     add("")
     add(f"Machine: **{args.machine or f'{cores} cores, {cpu}'}**; server, PostgreSQL and the load client share "
         "these cores, loopback only. "
-        f"Run finished {stamp}" + (f", `bench/run` took {args.wall_seconds / 60:.1f} min (build and install included)"
+        f"Run finished {stamp}" + (f", `bench/run` took {args.wall_seconds / 60:.1f} min{args.wall_note}"
                                    if args.wall_seconds else "") + ". "
         f"Figures are medians of {min_runs}–{n_runs} runs per scenario (each figure separately). "
         "Peers: bench/peers/ (one LISTEN connection, a per-row `pg_notify(row_to_json)` trigger, "
@@ -383,6 +383,7 @@ def main():
     ap.add_argument("--machine", default=None, help="machine description (default: from the result files)")
     ap.add_argument("--mutations", default=None, help="the mutation table (bench/results/mutations.md) to include")
     ap.add_argument("--wall-seconds", type=float, default=None, help="how long bench/run took, to state it")
+    ap.add_argument("--wall-note", default="", help="what the wall time includes, appended to it")
     ap.add_argument("--runs", type=int, default=None, help="(informational) runs per scenario")
     ap.add_argument("files", nargs="+")
     args = ap.parse_args()
