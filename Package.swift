@@ -96,6 +96,7 @@ let package = Package(
             name: "syncline-bench",
             dependencies: [
                 "SynclineProtocol",
+                "CZlib",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),

@@ -598,19 +598,22 @@ final class SyncConnection: ChannelInboundHandler {
             promise?.fail(Abandoned())
             return close(.tooSlow, reason: "outbound queue full; resume from your cursor")
         }
-        var frames: [(ByteBuffer, ByteBuffer)] = body.messages.map { (subscriber.messagePrefix, $0.body) }
-        if let changes = body.changes {
-            frames.append((subscriber.changesPrefix, changes))
+        // Called once per subscriber and batch: no per-call allocation (no array of frames).
+        if body.changes != nil {
             subscriber.lastSent = .now()
             subscriber.lastSentPosition = through
         }
         subscriber.cursor = max(subscriber.cursor, through)
-        guard !frames.isEmpty else {
+        let last = body.messages.count - (body.changes == nil ? 1 : 0)
+        guard last >= 0 else {
             promise?.succeed()
             return
         }
-        for (i, (prefix, shared)) in frames.enumerated() {
-            write(prefix: prefix, body: shared, promise: i == frames.count - 1 ? promise : nil)
+        for (i, message) in body.messages.enumerated() {
+            write(prefix: subscriber.messagePrefix, body: message.body, promise: i == last ? promise : nil)
+        }
+        if let changes = body.changes {
+            write(prefix: subscriber.changesPrefix, body: changes, promise: promise)
         }
     }
 

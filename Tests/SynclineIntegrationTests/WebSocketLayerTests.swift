@@ -54,9 +54,14 @@ struct WebSocketLayerTests {
 
     @Test("permessage-deflate negotiation")
     func negotiation() {
-        let plain = PerMessageDeflateParameters.negotiate(["permessage-deflate"], mode: .shared)
+        // Context takeover mode keeps the server's window unless the client asks otherwise.
+        let plain = PerMessageDeflateParameters.negotiate(["permessage-deflate"], mode: .contextTakeover)
         #expect(plain == PerMessageDeflateParameters())
         #expect(plain?.responseHeader == "permessage-deflate; client_no_context_takeover")
+        // Shared mode never takes context over and says so, asked or not.
+        let shared = PerMessageDeflateParameters.negotiate(["permessage-deflate"], mode: .shared)
+        #expect(shared?.serverNoContextTakeover == true)
+        #expect(shared?.responseHeader == "permessage-deflate; server_no_context_takeover; client_no_context_takeover")
         let full = PerMessageDeflateParameters.negotiate(
             ["permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=10; client_max_window_bits"],
             mode: .shared)

@@ -33,7 +33,7 @@ public struct WebSocketCompression: Sendable, Equatable {
 
 /// The outcome of permessage-deflate negotiation for one connection.
 struct PerMessageDeflateParameters: Equatable, Sendable {
-    /// The client asked the server not to take over context.
+    /// The server does not take over context: the client asked for it, or the mode is `shared`.
     var serverNoContextTakeover = false
     /// Largest LZ77 window the server may use (the client's `server_max_window_bits`, or 15).
     var serverMaxWindowBits = 15
@@ -91,7 +91,13 @@ struct PerMessageDeflateParameters: Equatable, Sendable {
                     acceptable = false
                 }
             }
-            if acceptable { return result }
+            if acceptable {
+                // Shared mode never takes context over: say so even when the client did not ask
+                // (RFC 7692 §7.1.1.1 allows it), so the client may inflate each message with a fresh
+                // window and need not keep 32 KiB per connection.
+                if mode == .shared { result.serverNoContextTakeover = true }
+                return result
+            }
         }
         return nil
     }

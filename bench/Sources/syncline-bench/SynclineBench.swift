@@ -41,6 +41,9 @@ struct ConnectionOptions: ParsableArguments {
     @Option(help: "The server this run measures, recorded in the JSON (syncline, go, node, python, …).")
     var serverName: String = "syncline"
 
+    @Flag(help: "Offer permessage-deflate (with client_no_context_takeover) and inflate what arrives compressed; the JSON records what the server negotiated and the bytes on the wire.")
+    var compression = false
+
     struct Endpoint {
         var host: String
         var port: Int
@@ -75,7 +78,7 @@ struct ConnectionOptions: ParsableArguments {
         let settings = ClientSettings(
             host: ep.host, port: ep.port, path: ep.path, token: devToken(sub: self.user),
             clientIDPrefix: clientIDPrefix, mode: mode, maxFrameSize: self.maxFrameSize,
-            expectedPerConnection: expected, peer: self.wireProtocol == .peer)
+            expectedPerConnection: expected, peer: self.wireProtocol == .peer, compression: self.compression)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, self.threads))
         var loops: [any EventLoop] = []
         var states: [NIOLoopBound<LoopState>] = []
@@ -343,6 +346,7 @@ struct Fanout: AsyncParsableCommand {
             print("  server CPU: not measured (pass --server-pid)")
         }
         if let clientCPU { print("  client CPU: \(fmt(clientCPU)) s") }
+        if self.connection.compression { printCompression(results) }
         if dropped > 0 || errorFrames > 0 || resets > 0 || !closeCodes.isEmpty || badTimestamps > 0 {
             print("  anomalies: dropped connections \(dropped), error frames \(errorFrames)\(firstError.map { " (first: \($0))" } ?? ""), feed resets \(resets), server closes \(closeCodes), unparsable timestamps \(badTimestamps)")
         }
@@ -387,6 +391,7 @@ struct Fanout: AsyncParsableCommand {
             ("feed_resets", .int(resets)),
             ("server_close_codes", .object(closeCodes.sorted { $0.key < $1.key }.map { (String($0.key), .int($0.value)) })),
             ("unparsable_timestamps", .int(badTimestamps)),
+            ("compression", compressionSummary(results, offered: self.connection.compression)),
             ("machine", .object([("cores", .int(cores)), ("cpu", .string(cpu))])),
             ("time", .string(ISO8601DateFormatter().string(from: Date()))),
         ]), complete)
@@ -447,6 +452,7 @@ struct Idle: AsyncParsableCommand {
             if dropped > 0 || !closeCodes.isEmpty {
                 print("  anomalies: \(dropped) connections lost while idle, server closes \(closeCodes)")
             }
+            if self.connection.compression { printCompression(results) }
             let (cores, cpu) = machineDescription()
             return (.object([
                 ("scenario", .string("idle")),
@@ -462,6 +468,7 @@ struct Idle: AsyncParsableCommand {
                 ("rss_per_connection_kib", .number(perConnection, 3)),
                 ("dropped_connections", .int(dropped)),
                 ("server_close_codes", .object(closeCodes.sorted { $0.key < $1.key }.map { (String($0.key), .int($0.value)) })),
+                ("compression", compressionSummary(results, offered: self.connection.compression)),
                 ("machine", .object([("cores", .int(cores)), ("cpu", .string(cpu))])),
                 ("time", .string(ISO8601DateFormatter().string(from: Date()))),
             ]), dropped == 0)
@@ -557,4 +564,34 @@ func openAllOrFail(
         throw ExitCode(2)
     }
     return seconds
+}
+
+// MARK: - compression figures
+
+/// What the connections negotiated and how many bytes data messages took on the wire vs inflated.
+func compressionSummary(_ results: [LoopResults], offered: Bool) -> JSONOut {
+    var negotiated: [NegotiatedCompression: Int] = [:]
+    for r in results { for (k, v) in r.negotiated { negotiated[k, default: 0] += v } }
+    let wire = results.reduce(0) { $0 + $1.wireBytes }
+    let inflated = results.reduce(0) { $0 + $1.messageBytes }
+    return .object([
+        ("offered", .bool(offered)),
+        ("negotiated", .object(negotiated.sorted { $0.key.rawValue < $1.key.rawValue }.map { ($0.key.label, .int($0.value)) })),
+        ("compressed_messages", .int(results.reduce(0) { $0 + $1.compressedMessages })),
+        ("wire_bytes", .int(wire)),
+        ("message_bytes", .int(inflated)),
+        ("wire_ratio", .number(inflated > 0 ? Double(wire) / Double(inflated) : 0, 4)),
+    ])
+}
+
+func printCompression(_ results: [LoopResults]) {
+    var negotiated: [NegotiatedCompression: Int] = [:]
+    for r in results { for (k, v) in r.negotiated { negotiated[k, default: 0] += v } }
+    let wire = results.reduce(0) { $0 + $1.wireBytes }
+    let inflated = results.reduce(0) { $0 + $1.messageBytes }
+    let compressed = results.reduce(0) { $0 + $1.compressedMessages }
+    let modes = negotiated.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\($0.key.label): \($0.value)" }.joined(separator: ", ")
+    print("  compression: negotiated \(modes); \(grouped(Double(compressed))) compressed messages; "
+        + "\(grouped(Double(wire))) bytes on the wire for \(grouped(Double(inflated))) bytes of messages"
+        + (inflated > 0 ? " (\(fmt(100 * Double(wire) / Double(inflated), 1)) %)" : ""))
 }

@@ -45,6 +45,8 @@ struct ClientSettings: Sendable {
     /// A peer bridge (bench/peers): no subprotocol, no hello/subscribe; live once upgraded, and
     /// every text message is one row (its `created_at` timed like a `changes` row).
     var peer = false
+    /// Offer permessage-deflate (`client_no_context_takeover`; the server picks the rest).
+    var compression = false
 }
 
 /// Everything one event loop's connections share: its histogram and counters. Only ever touched
@@ -71,6 +73,21 @@ final class LoopState {
     /// Feeds mode: the cursor of each connection's snapshot (by index), and the sequence check.
     var cursors: [Int32: String] = [:]
     var sequence = SequenceTally()
+    // permessage-deflate: what connections negotiated, and bytes of data messages on the wire
+    // (after reassembly, before inflating) and after inflating.
+    var negotiated: [NegotiatedCompression: Int] = [:]
+    var compressedMessages = 0
+    var wireBytes = 0
+    var messageBytes = 0
+    /// `server_no_context_takeover` connections' messages are independent: one inflater per loop.
+    private var loopInflater: MessageInflater?
+    /// Scratch for inflated messages: only read synchronously by the handler that inflated into it.
+    var inflated = ByteBuffer()
+
+    func sharedInflater() -> MessageInflater? {
+        if self.loopInflater == nil { self.loopInflater = try? MessageInflater() }
+        return self.loopInflater
+    }
     // Mutation scenario (monotonic nanoseconds): answers that arrive inside [windowStart, windowEnd)
     // are counted and their latency recorded; no mutation is sent at or after windowEnd.
     var windowStart: UInt64 = .max
@@ -154,6 +171,8 @@ final class LoopState {
             firstDelivery: self.firstDelivery, lastDelivery: self.lastDelivery, missing: missing, extra: extra,
             dropped: self.dropped, errorFrames: self.errorFrames, firstError: self.firstError, resets: self.resets,
             closeCodes: self.closeCodes, timedOut: self.timedOut,
+            negotiated: self.negotiated, compressedMessages: self.compressedMessages,
+            wireBytes: self.wireBytes, messageBytes: self.messageBytes,
             acked: self.acked, ackedTotal: self.ackedTotal, duplicates: self.duplicates, rejects: self.rejects,
             firstReject: self.firstReject, mutationErrors: self.mutationErrors, firstMutationError: self.firstMutationError)
     }
@@ -183,6 +202,10 @@ struct LoopResults: Sendable {
     var resets: Int
     var closeCodes: [Int: Int]
     var timedOut: Bool
+    var negotiated: [NegotiatedCompression: Int] = [:]
+    var compressedMessages = 0
+    var wireBytes = 0
+    var messageBytes = 0
     var acked = 0
     var ackedTotal = 0
     var duplicates = 0
@@ -213,6 +236,9 @@ final class UpgradeRequestHandler: ChannelInboundHandler, RemovableChannelHandle
         var headers = HTTPHeaders()
         headers.add(name: "Host", value: "\(self.settings.host):\(self.settings.port)")
         if !self.settings.peer { headers.add(name: "Sec-WebSocket-Protocol", value: "syncline.v1") }
+        if self.settings.compression {
+            headers.add(name: "Sec-WebSocket-Extensions", value: "permessage-deflate; client_no_context_takeover")
+        }
         headers.add(name: "Content-Length", value: "0")
         let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: self.settings.path(index: self.index), headers: headers)
         context.write(self.wrapOutboundOut(.head(head)), promise: nil)
@@ -266,6 +292,10 @@ final class WSConnectionHandler: ChannelInboundHandler {
     private let settings: ClientSettings
     private var ready: EventLoopPromise<Void>?
     private var fragments: ByteBuffer?
+    private var fragmentsCompressed = false
+    private let compression: NegotiatedCompression
+    /// Context-takeover connections only: their own window, kept across messages.
+    private var inflater: MessageInflater?
     private var context: ChannelHandlerContext?
     // Mutation loop: the next mid to send, and the one in flight with its send time.
     private var nextMid: Int64 = 1
@@ -275,11 +305,16 @@ final class WSConnectionHandler: ChannelInboundHandler {
     /// Feeds mode with a sequence check: the next per-account sequence number expected.
     var nextSeq: Int32 = 1
 
-    init(index: Int, state: LoopState, settings: ClientSettings, ready: EventLoopPromise<Void>) {
+    init(
+        index: Int, state: LoopState, settings: ClientSettings, compression: NegotiatedCompression = .off,
+        ready: EventLoopPromise<Void>
+    ) {
         self.index = Int32(index)
         self.state = state
         self.settings = settings
+        self.compression = compression
         self.ready = ready
+        state.negotiated[compression, default: 0] += 1
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -327,9 +362,10 @@ final class WSConnectionHandler: ChannelInboundHandler {
         switch frame.opcode {
         case .text, .binary:
             if frame.fin {
-                self.handleMessage(frame.unmaskedData, context: context)
+                self.receiveMessage(frame.unmaskedData, compressed: frame.rsv1, context: context)
             } else {
                 self.fragments = frame.unmaskedData
+                self.fragmentsCompressed = frame.rsv1
             }
         case .continuation:
             guard var partial = self.fragments else { return }
@@ -337,7 +373,7 @@ final class WSConnectionHandler: ChannelInboundHandler {
             partial.writeBuffer(&chunk)
             if frame.fin {
                 self.fragments = nil
-                self.handleMessage(partial, context: context)
+                self.receiveMessage(partial, compressed: self.fragmentsCompressed, context: context)
             } else {
                 self.fragments = partial
             }
@@ -368,6 +404,36 @@ final class WSConnectionHandler: ChannelInboundHandler {
         default:
             break
         }
+    }
+
+    /// A whole data message: inflated first when its first frame had RSV1 (RFC 7692 §6).
+    private func receiveMessage(_ buffer: ByteBuffer, compressed: Bool, context: ChannelHandlerContext) {
+        let state = self.state
+        state.wireBytes += buffer.readableBytes
+        guard compressed else {
+            state.messageBytes += buffer.readableBytes
+            self.handleMessage(buffer, context: context)
+            return
+        }
+        let inflater: MessageInflater?
+        switch self.compression {
+        case .off:
+            state.noteError("a compressed frame although permessage-deflate was not negotiated")
+            return
+        case .perMessage:
+            inflater = state.sharedInflater()
+            inflater?.reset()
+        case .contextTakeover:
+            if self.inflater == nil { self.inflater = try? MessageInflater() }
+            inflater = self.inflater
+        }
+        guard let inflater, inflater.inflate(buffer, into: &state.inflated) else {
+            state.noteError("a compressed message did not inflate")
+            return
+        }
+        state.compressedMessages += 1
+        state.messageBytes += state.inflated.readableBytes
+        self.handleMessage(state.inflated, context: context)
     }
 
     private func handleMessage(_ buffer: ByteBuffer, context: ChannelHandlerContext) {
@@ -620,10 +686,13 @@ struct ConnectionFactory: Sendable {
                 let upgrader = NIOWebSocketClientUpgrader(
                     maxFrameSize: settings.maxFrameSize,
                     automaticErrorHandling: false,
-                    upgradePipelineHandler: { channel, _ in
+                    upgradePipelineHandler: { channel, response in
                         channel.eventLoop.makeCompletedFuture {
+                            let compression = NegotiatedCompression(
+                                responseHeader: response.headers.first(name: "Sec-WebSocket-Extensions"))
                             let handler = WSConnectionHandler(
-                                index: index, state: bound.value, settings: settings, ready: ready)
+                                index: index, state: bound.value, settings: settings, compression: compression,
+                                ready: ready)
                             try channel.pipeline.syncOperations.addHandler(handler)
                         }
                     })
