@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
 """Writes bench/RESULTS.md (tables, goals, PNG plots) from syncline-bench JSON result files.
 
-    bench/.peers/venv/bin/python bench/peers/results.py [--out bench/RESULTS.md] [--plots DIR] FILE...
+    bench/.peers/venv/bin/python bench/peers/results.py [--out bench/RESULTS.md] [--plots DIR]
+        [--machine TEXT] [--mutations mutations.md] [--wall-seconds S] [--runs N] FILE...
 
-Reads the fan-out and idle results of Syncline (bench/run: bench/results/<scenario>.json) and of the
-peers (bench/peers/run: bench/results/peer-<server>-<scenario>[-runK].json). A result's server is its
-"server" field (absent in older files: syncline) and its scenario the name without a "server:" prefix
-or "-runK" suffix. Repeated runs of one (server, scenario) are reduced to the median of each figure
-separately. Goals (issue 5) are reported, not asserted. Plots need matplotlib (bench/peers/install
-puts it in the venv); without it the tables are still written.
+Reads the fan-out, many-feeds, resume and idle results of Syncline (bench/run:
+bench/results/<scenario>[-runK].json) and of the peers (bench/peers/run:
+bench/results/peer-<server>-<scenario>[-runK].json). A result's server is its "server" field (absent
+in older files: syncline) and its scenario the name without a "server:" prefix or "-runK" suffix.
+Repeated runs of one (server, scenario) are reduced to the median of each figure separately; a
+scenario in which any run was incomplete (a bridge that could not keep up and timed out, or dropped
+clients) is marked so. Goals (issue 5) are reported, not asserted. The mutation table
+(syncline-bench report's, already medians over repeats) is included as is. Plots need matplotlib
+(bench/peers/install puts it in the venv); without it the tables are still written.
 """
 
 import argparse
@@ -28,8 +32,14 @@ LABEL = {
     "python": "Python websockets + asyncpg",
     "notify": "raw NOTIFY floor",
 }
-FANOUT_ORDER = ["fanout-100x2000", "fanout-1000x500", "fanout-10000x100", "fanout-1000x2500-r500",
-                "fanout-1000x500-r50", "fanout-50x200"]
+
+
+def fanout_key(name):
+    """Orders fan-out scenarios: flat out by S, then rate-limited by S."""
+    m = re.match(r"[a-z]+-(\d+)x(\d+)(?:-r(\d+))?", name)
+    if not m:
+        return (9, 0, name)
+    return (1 if m.group(3) else 0, int(m.group(1)), name)
 
 
 def load(paths):
@@ -43,8 +53,10 @@ def load(paths):
             print(f"(skipping unreadable {path})", file=sys.stderr)
             continue
         kind = o.get("scenario")
-        if kind not in ("fanout", "idle"):
+        if kind not in ("fanout", "idle", "resume"):
             continue
+        if kind == "fanout" and o.get("feeds") == "many":
+            kind = "feeds"
         machine = machine or o.get("machine")
         server = o.get("server") or "syncline"
         name = o.get("name") or os.path.basename(path)
@@ -89,9 +101,15 @@ def floor_for(rate, runs):
     return None
 
 
-def fanout_scenarios(runs):
-    names = {name for (kind, server, name) in runs if kind == "fanout" and server != "notify"}
-    return sorted(names, key=lambda n: (FANOUT_ORDER.index(n) if n in FANOUT_ORDER else 99, n))
+def fanout_scenarios(runs, kind="fanout"):
+    names = {name for (k, server, name) in runs if k == kind and server != "notify"}
+    return sorted(names, key=fanout_key)
+
+
+def incomplete(rs):
+    """' (incomplete in k of n runs)' when some run missed deliveries or lost clients."""
+    bad = sum(1 for o in rs if o.get("complete") is False)
+    return f" **incomplete in {bad} of {len(rs)}**" if bad else ""
 
 
 def servers_of(runs, kind):
@@ -99,19 +117,24 @@ def servers_of(runs, kind):
     return [s for s in ORDER if s in present] + sorted(present - set(ORDER))
 
 
-def write(runs, machine, out, plots_dir):
+def write(runs, machine, out, plots_dir, args):
     lines = []
     add = lines.append
     cores = (machine or {}).get("cores", "?")
     cpu = (machine or {}).get("cpu", "?")
     n_runs = max((len(v) for v in runs.values()), default=0)
     min_runs = min((len(v) for v in runs.values()), default=0)
+    stamp = max((o.get("time", "") for rs in runs.values() for o in rs), default="")
     add("# Syncline benchmarks: Syncline and the bridges users write instead")
     add("")
-    add(f"Machine: **{cores} cores** ({cpu}); server, PostgreSQL and the load client share these cores, loopback only. "
+    add(f"Machine: **{args.machine or f'{cores} cores, {cpu}'}**; server, PostgreSQL and the load client share "
+        "these cores, loopback only. "
+        f"Run finished {stamp}" + (f", `bench/run` took {args.wall_seconds / 60:.1f} min{args.wall_note}"
+                                   if args.wall_seconds else "") + ". "
         f"Figures are medians of {min_runs}–{n_runs} runs per scenario (each figure separately). "
         "Peers: bench/peers/ (one LISTEN connection, a per-row `pg_notify(row_to_json)` trigger, "
-        "a bounded per-client queue of 1,024 messages); see bench/README.md for the scenarios.")
+        "a bounded per-client queue of 1,024 messages); see bench/README.md for the scenarios and "
+        "bench/scenarios.sh for the sizes.")
     add("")
 
     fan_servers = [s for s in servers_of(runs, "fanout") if s != "notify"]
@@ -127,7 +150,7 @@ def write(runs, machine, out, plots_dir):
                 if not rs:
                     continue
                 dropped = med(rs, "dropped_connections") or 0
-                missing = big(med(rs, "missing")) + (f" ({dropped:.0f} dropped)" if dropped else "")
+                missing = big(med(rs, "missing")) + (f" ({dropped:.0f} dropped)" if dropped else "") + incomplete(rs)
                 add(f"| {name} | {LABEL.get(server, server)} | {big(med(rs, 'commits_per_s'))} | {big(med(rs, 'deliveries_per_s'))} | "
                     f"{missing} | {ms(med(rs, 'latency_ms', 'p50'))} | {ms(med(rs, 'latency_ms', 'p99'))} | "
                     f"{ms(med(rs, 'latency_ms', 'p999'))} | {ms(med(rs, 'server_cpu_s'))} | "
@@ -138,6 +161,51 @@ def write(runs, machine, out, plots_dir):
                 add(f"| {name} | {LABEL['notify']} (1 listener) | {big(med(fl, 'commits_per_s'))} | {big(med(fl, 'deliveries_per_s'))} | "
                     f"{big(med(fl, 'missing'))} | {ms(med(fl, 'latency_ms', 'p50'))} | {ms(med(fl, 'latency_ms', 'p99'))} | "
                     f"{ms(med(fl, 'latency_ms', 'p999'))} | – | – | {len(fl)} |")
+        add("")
+
+    feed_scen = fanout_scenarios(runs, "feeds")
+    if feed_scen:
+        add("## Many feeds")
+        add("")
+        add("Each subscriber on its own account's feed (user `bench<n>`, account `bench-<n>`); the writer commits "
+            "10 rows per transaction over consecutive accounts, so every commit reaches 10 feeds. "
+            "rows/s is the writer's.")
+        add("")
+        add("| scenario | server | rows/s | deliveries/s | missing | p50 ms | p99 ms | p99.9 ms | server CPU s | deliveries / server CPU-s | setup s | runs |")
+        add("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for name in feed_scen:
+            for server in servers_of(runs, "feeds"):
+                rs = runs.get(("feeds", server, name))
+                if not rs:
+                    continue
+                dropped = med(rs, "dropped_connections") or 0
+                missing = big(med(rs, "missing")) + (f" ({dropped:.0f} dropped)" if dropped else "") + incomplete(rs)
+                add(f"| {name} | {LABEL.get(server, server)} | {big(med(rs, 'commits_per_s'))} | {big(med(rs, 'deliveries_per_s'))} | "
+                    f"{missing} | {ms(med(rs, 'latency_ms', 'p50'))} | {ms(med(rs, 'latency_ms', 'p99'))} | "
+                    f"{ms(med(rs, 'latency_ms', 'p999'))} | {ms(med(rs, 'server_cpu_s'))} | "
+                    f"{big(med(rs, 'deliveries_per_server_cpu_s'))} | {ms(med(rs, 'setup_s'))} | {len(rs)} |")
+        add("")
+
+    resumes = sorted(name for (k, server, name) in runs if k == "resume")
+    if resumes:
+        add("## Resume storm (Syncline)")
+        add("")
+        add("C clients on their own feeds save their snapshot cursor and disconnect; M rows are committed over their "
+            "accounts (numbered per account); all reconnect at once with `after` = their cursor. *live*: until every "
+            "client has `subscribed` (mode resume); *caught up*: until the last missed row arrived. Gaps and "
+            "duplicates are checked per client on the per-account numbers (must be 0).")
+        add("")
+        add("| scenario | clients | changes | write s | live s | caught up s | server CPU s | rows received | gaps | duplicates | resets | runs |")
+        add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for name in resumes:
+            for server in servers_of(runs, "resume"):
+                rs = runs.get(("resume", server, name))
+                if not rs:
+                    continue
+                add(f"| {name} | {big(med(rs, 'clients'))} | {big(med(rs, 'changes'))} | {ms(med(rs, 'write_s'))} | "
+                    f"{ms(med(rs, 'live_s'))} | {ms(med(rs, 'caught_up_s'))} | {ms(med(rs, 'server_cpu_s'))} | "
+                    f"{big(med(rs, 'deliveries'))} | {sum(o.get('gaps', 0) for o in rs)} (all runs) | "
+                    f"{sum(o.get('duplicates', 0) for o in rs)} (all runs) | {sum(o.get('resets', 0) for o in rs)} | {len(rs)} |")
         add("")
 
     idle_servers = servers_of(runs, "idle")
@@ -157,7 +225,16 @@ def write(runs, machine, out, plots_dir):
                 opened = med(rs, "rss_open_kib")
                 add(f"| {name} | {LABEL.get(server, server)} | {ms(med(rs, 'setup_s'))} | "
                     f"{kib(before / 1024 if before else None)} | {kib(opened / 1024 if opened else None)} | "
-                    f"{ms(med(rs, 'rss_per_connection_kib'))} | {len(rs)} |")
+                    f"{ms(med(rs, 'rss_per_connection_kib'))}{incomplete(rs)} | {len(rs)} |")
+        add("")
+
+    if args.mutations and os.path.exists(args.mutations):
+        add("## Mutations (issue 3: group commit vs batching off vs pgbench)")
+        add("")
+        with open(args.mutations) as f:
+            for line in f.read().splitlines():
+                if not line.startswith("Machine:"):
+                    add(line.replace("## ", "### ", 1) if line.startswith("## ") else line)
         add("")
 
     add("## Goals (issue 5; reported, not asserted)")
@@ -179,10 +256,13 @@ def write(runs, machine, out, plots_dir):
 
 def add_goals(runs, add):
     # 1. deliveries per server CPU-second: Syncline vs the best peer, per flat-out scenario.
-    for name in fanout_scenarios(runs):
-        s = runs.get(("fanout", "syncline", name))
-        peers = {p: med(runs[("fanout", p, name)], "deliveries_per_server_cpu_s")
-                 for p in PEERS if ("fanout", p, name) in runs}
+    for name in fanout_scenarios(runs) + fanout_scenarios(runs, "feeds"):
+        kind = "feeds" if name.startswith("feeds-") else "fanout"
+        s = runs.get((kind, "syncline", name))
+        if not s or (med(s, "rate") or 0) > 0:
+            continue
+        peers = {p: med(runs[(kind, p, name)], "deliveries_per_server_cpu_s")
+                 for p in PEERS if (kind, p, name) in runs}
         peers = {p: v for p, v in peers.items() if v}
         if not s or not peers:
             continue
@@ -194,7 +274,8 @@ def add_goals(runs, add):
             add(f"- **Efficiency, {name}**: Syncline {sv:,.0f} deliveries per server CPU-s vs best peer "
                 f"{LABEL[best]} {peers[best]:,.0f} → **{ratio:.2f}×** (goal ≥ 2×: {verdict}).")
     # 2. p99 within 2 ms of the NOTIFY floor at 1k subscribers, 500 changes/s.
-    s = runs.get(("fanout", "syncline", "fanout-1000x2500-r500"))
+    s = next((rs for (k, srv, n), rs in runs.items()
+              if k == "fanout" and srv == "syncline" and med(rs, "subscribers") == 1000 and med(rs, "rate") == 500), None)
     fl = floor_for(500, runs)
     if s and fl:
         sp, fp = med(s, "latency_ms", "p99"), med(fl, "latency_ms", "p99")
@@ -215,7 +296,16 @@ def add_goals(runs, add):
                                for p in PEERS if ("idle", p, name) in runs)
             add(f"- **Memory, {name}**: Syncline {v:.2f} KiB per idle connection (goal ≤ 8 KiB: {verdict})"
                 + (f"; peers: {others} KiB." if others else "."))
-    add("- **Resume storm**: not measured yet.")
+    # 4. Resume storm gap-free.
+    for (k, srv, name), rs in sorted(runs.items()):
+        if k != "resume":
+            continue
+        gaps = sum(o.get("gaps", 0) for o in rs)
+        dups = sum(o.get("duplicates", 0) for o in rs)
+        ok = gaps == 0 and dups == 0 and all(o.get("complete") for o in rs)
+        add(f"- **Resume storm, {name}**: {len(rs)} runs, {gaps} gaps and {dups} duplicates in total, every client caught up: "
+            f"{'yes' if all(o.get('complete') for o in rs) else 'no'} (goal gap-free: {'met' if ok else 'missed'}); "
+            f"all live after {ms(med(rs, 'live_s'))} s, all caught up after {ms(med(rs, 'caught_up_s'))} s (medians).")
 
 
 def plot(runs, scen, servers, plots_dir, out_dir):
@@ -259,7 +349,7 @@ def plot(runs, scen, servers, plots_dir, out_dir):
         images.append(("latency percentiles", os.path.relpath(path, out_dir)))
 
     # Throughput and efficiency vs S, flat-out scenarios (rate 0).
-    flat = [n for n in scen if (med(runs.get(("fanout", servers[0], n), [{}]), "rate") or 0) == 0 and servers]
+    flat = [n for n in scen if servers and (med(runs.get(("fanout", servers[0], n), [{}]), "rate") or 0) == 0]
     if flat:
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
         for s in servers:
@@ -290,13 +380,18 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="bench/RESULTS.md")
     ap.add_argument("--plots", default=None, help="folder for the PNGs (default: <out's folder>/plots)")
+    ap.add_argument("--machine", default=None, help="machine description (default: from the result files)")
+    ap.add_argument("--mutations", default=None, help="the mutation table (bench/results/mutations.md) to include")
+    ap.add_argument("--wall-seconds", type=float, default=None, help="how long bench/run took, to state it")
+    ap.add_argument("--wall-note", default="", help="what the wall time includes, appended to it")
+    ap.add_argument("--runs", type=int, default=None, help="(informational) runs per scenario")
     ap.add_argument("files", nargs="+")
     args = ap.parse_args()
     runs, machine = load(args.files)
     if not runs:
         sys.exit("no fan-out or idle results in the given files")
     plots = args.plots or os.path.join(os.path.dirname(os.path.abspath(args.out)), "plots")
-    write(runs, machine, args.out, plots)
+    write(runs, machine, args.out, plots, args)
 
 
 if __name__ == "__main__":

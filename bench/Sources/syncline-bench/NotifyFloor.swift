@@ -23,7 +23,7 @@ extension Fanout {
     /// database, whose trigger sends each row as the payload: bench/peers/notify-trigger.sql).
     /// Latency = receipt of the notification − the row's `created_at` (taken inside the writing
     /// transaction).
-    func runNotifyFloor(name: String, writer: ChangeWriter) async throws {
+    func runNotifyFloor(name: String, writer: ChangeWriter, json: String?) async throws {
         guard self.subscribers == 1 else {
             await writer.close()
             throw ValidationError("--protocol notify measures one LISTEN connection: pass --subscribers 1")
@@ -103,7 +103,7 @@ extension Fanout {
             throw error
         }
         try? await group.shutdownGracefully()
-        if let path = self.json {
+        if let path = json {
             try outcome.write(to: path)
             print("  → \(path)")
         }

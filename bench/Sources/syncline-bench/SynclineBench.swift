@@ -9,7 +9,7 @@ struct SynclineBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "syncline-bench",
         abstract: "Load client for the Syncline sync server (fan-out latency/throughput, idle memory, mutations).",
-        subcommands: [Fanout.self, Idle.self, Mutate.self, PgBench.self, Report.self])
+        subcommands: [Fanout.self, Idle.self, Resume.self, Mutate.self, PgBench.self, Report.self])
 }
 
 /// Options shared by the scenarios that open WebSocket connections.
@@ -149,6 +149,15 @@ struct Fanout: AsyncParsableCommand {
     @Flag(help: "Delete earlier runs' rows (memo = 'bench') of the account first, so snapshots stay small.")
     var cleanup = false
 
+    @Flag(help: "Many feeds: subscriber n (1 … N) is user bench<n> on its own account bench-<n> (bench/sql/setup.sql); the writer spreads --changes rows over those accounts (a multiple of --subscribers). With --protocol peer, ?account=bench-<n> is appended to --url.")
+    var manyFeeds = false
+
+    @Option(help: "Many feeds: rows per transaction (consecutive accounts); --rate counts transactions.")
+    var rowsPerCommit: Int = 1
+
+    @Option(help: "Measurements on one set of subscriptions; with more than one, round k is named <name>-run<k> and written to <json without .json>-run<k>.json. A round that misses deliveries gets the next one a fresh set.")
+    var rounds: Int = 1
+
     @Option(help: "Scenario name for the report.")
     var name: String?
 
@@ -158,15 +167,25 @@ struct Fanout: AsyncParsableCommand {
     func validate() throws {
         guard self.subscribers > 0, self.changes > 0 else { throw ValidationError("--subscribers and --changes must be > 0") }
         guard self.rate >= 0 else { throw ValidationError("--rate must be >= 0") }
+        guard self.rounds > 0 else { throw ValidationError("--rounds must be > 0") }
+        if self.manyFeeds {
+            guard self.changes % self.subscribers == 0 else { throw ValidationError("--many-feeds: --changes must be a multiple of --subscribers") }
+            guard self.rowsPerCommit > 0, self.changes % self.rowsPerCommit == 0 else { throw ValidationError("--rows-per-commit must divide --changes") }
+        } else if self.rowsPerCommit != 1 {
+            throw ValidationError("--rows-per-commit is for --many-feeds")
+        }
     }
+
+    /// Deliveries each committed row makes: every subscriber (one feed), or one (many feeds).
+    var deliveriesPerRow: Int { self.manyFeeds ? 1 : self.subscribers }
 
     func run() async throws {
         try ensureFileLimit(self.subscribers + 256)
         let n = self.subscribers
         let m = self.changes
         let rateText = self.rate > 0 ? "\(fmt(self.rate, 0))/s" : "flat out"
-        let name = self.name ?? "fanout-\(n)x\(m)" + (self.rate > 0 ? "-r\(fmt(self.rate, 0))" : "")
-        print("[\(name)] \(n) subscribers × \(m) changes, rate \(rateText), \(self.connection.threads) client threads")
+        let name = self.name ?? (self.manyFeeds ? "feeds-" : "fanout-") + "\(n)x\(m)" + (self.rate > 0 ? "-r\(fmt(self.rate, 0))" : "")
+        print("[\(name)] \(n) subscribers\(self.manyFeeds ? " on \(n) feeds (\(self.rowsPerCommit) rows per commit)" : " of one feed") × \(m) changes, rate \(rateText), \(self.connection.threads) client threads")
 
         let writerGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         do {
@@ -183,52 +202,104 @@ struct Fanout: AsyncParsableCommand {
         let m = self.changes
         let writer = try await ChangeWriter.connect(url: self.databaseURL, on: writerGroup.next())
         if self.cleanup {
-            let deleted = try await writer.deletePreviousRows(account: self.account)
+            let deleted = self.manyFeeds
+                ? try await writer.deletePreviousRows(accountPrefix: FeedSettings().accountPrefix)
+                : try await writer.deletePreviousRows(account: self.account)
             if deleted > 0 { print("  cleanup: deleted \(deleted) rows of earlier runs") }
         }
         if self.connection.wireProtocol == .notify {
-            return try await self.runNotifyFloor(name: name, writer: writer)
+            // runNotifyFloor closes its writer: each round gets a new one.
+            for round in 1...self.rounds {
+                let roundWriter = round == 1 ? writer : try await ChangeWriter.connect(url: self.databaseURL, on: writerGroup.next())
+                try await self.runNotifyFloor(
+                    name: self.roundName(name, round), writer: roundWriter, json: self.json.map { self.roundFile($0, round) })
+            }
+            return
         }
 
         let subscribe = #"{"type":"subscribe","id":"t","collection":"transactions","where":{"account_id":"\#(self.account)"}}"#
-        let (outcome, complete): (JSONOut, Bool) = try await self.connection.withClient(
-            mode: .subscribe(frame: subscribe), expected: m, clientIDPrefix: runID()
-        ) { factory in
-            let setupSeconds = try await openAllOrFail(factory: factory, count: n, concurrency: self.connection.connectConcurrency,
-                                                       waitingFor: "their snapshot", onFailure: { await writer.close() })
-            print("  setup: \(n) connections subscribed, snapshots received, in \(fmt(setupSeconds)) s")
-            // A bridge registers a client just after its upgrade response: let the last ones land.
-            if self.connection.wireProtocol == .peer { try await Task.sleep(nanoseconds: 200_000_000) }
-
-            var doneFutures: [EventLoopFuture<Void>] = []
-            for (loop, bound) in zip(factory.loops, factory.states) {
-                let timeout = self.timeout
-                doneFutures.append(loop.flatSubmit { bound.value.startMeasuring(on: loop, timeoutSeconds: timeout) })
+        let feeds = FeedSettings()
+        var round = 1
+        var allComplete = true
+        while round <= self.rounds {
+            try await self.connection.withClient(
+                mode: self.manyFeeds ? .feeds(feeds) : .subscribe(frame: subscribe),
+                expected: self.manyFeeds ? m / n : m, clientIDPrefix: runID()
+            ) { factory in
+                let setupSeconds = try await openAllOrFail(factory: factory, count: n, concurrency: self.connection.connectConcurrency,
+                                                           waitingFor: "their snapshot", onFailure: { await writer.close() })
+                print("  setup: \(n) connections subscribed, snapshots received, in \(fmt(setupSeconds)) s")
+                // A bridge registers a client just after its upgrade response: let the last ones land.
+                if self.connection.wireProtocol == .peer { try await Task.sleep(nanoseconds: 200_000_000) }
+                // Setting up 10,000 subscriptions takes longer than measuring them: the rounds share
+                // one set while every round is complete (late rows of a cut-off round would be
+                // counted in the next, so an incomplete round ends the set).
+                while round <= self.rounds {
+                    if round > 1 {
+                        try? await Task.sleep(nanoseconds: 1_000_000_000)
+                        for (loop, bound) in zip(factory.loops, factory.states) {
+                            try await loop.submit { bound.value.startNextRound() }.get()
+                        }
+                    }
+                    let roundName = self.roundName(name, round)
+                    if self.rounds > 1 { print("  round \(round) of \(self.rounds): \(roundName)") }
+                    let (outcome, complete) = try await self.measure(
+                        name: roundName, factory: factory, writer: writer, feeds: feeds, setupSeconds: setupSeconds)
+                    if let path = self.json {
+                        let file = self.roundFile(path, round)
+                        try outcome.write(to: file)
+                        print("  → \(file)")
+                    }
+                    round += 1
+                    if !complete { allComplete = false; break }
+                }
+                await closeAll(loops: factory.loops, states: factory.states, timeoutSeconds: 5)
             }
-            let serverCPUBefore = self.serverPid.flatMap { ProcFS.cpuSeconds(pid: $0) }
-            let clientCPUBefore = ProcFS.cpuSeconds(pid: getpid())
-            let deadline = monotonicSeconds() + self.timeout
-            let written = await writer.run(count: m, rate: self.rate, account: self.account, deadline: deadline)
-            for f in doneFutures { try? await f.get() }
-            let serverCPUAfter = self.serverPid.flatMap { ProcFS.cpuSeconds(pid: $0) }
-            let clientCPUAfter = ProcFS.cpuSeconds(pid: getpid())
-            await writer.close()
-
-            let results = try await collectResults(loops: factory.loops, states: factory.states)
-            await closeAll(loops: factory.loops, states: factory.states, timeoutSeconds: 5)
-            return self.report(
-                name: name, results: results, written: written, setupSeconds: setupSeconds,
-                serverCPU: serverCPUBefore.flatMap { b in serverCPUAfter.map { $0 - b } },
-                clientCPU: clientCPUBefore.flatMap { b in clientCPUAfter.map { $0 - b } })
         }
-        if let path = self.json {
-            try outcome.write(to: path)
-            print("  → \(path)")
-        }
-        if !complete {
+        await writer.close()
+        if !allComplete {
             print("  INCOMPLETE: deliveries missing or duplicated, or the writer failed")
             throw ExitCode(3)
         }
+    }
+
+    func roundName(_ name: String, _ round: Int) -> String {
+        self.rounds > 1 ? "\(name)-run\(round)" : name
+    }
+
+    /// `out.json` → `out-run<k>.json` when there are several rounds.
+    func roundFile(_ path: String, _ round: Int) -> String {
+        guard self.rounds > 1 else { return path }
+        return (path.hasSuffix(".json") ? String(path.dropLast(5)) : path) + "-run\(round).json"
+    }
+
+    /// One measurement on subscriptions that are set up: the writer's commits, every delivery, CPU.
+    private func measure(
+        name: String, factory: ConnectionFactory, writer: ChangeWriter, feeds: FeedSettings, setupSeconds: Double
+    ) async throws -> (JSONOut, Bool) {
+        let m = self.changes
+        let n = self.subscribers
+        var doneFutures: [EventLoopFuture<Void>] = []
+        for (loop, bound) in zip(factory.loops, factory.states) {
+            let timeout = self.timeout
+            doneFutures.append(loop.flatSubmit { bound.value.startMeasuring(on: loop, timeoutSeconds: timeout) })
+        }
+        let serverCPUBefore = self.serverPid.flatMap { ProcFS.cpuSeconds(pid: $0) }
+        let clientCPUBefore = ProcFS.cpuSeconds(pid: getpid())
+        let deadline = monotonicSeconds() + self.timeout
+        let written = self.manyFeeds
+            ? await writer.runSpread(rows: m, rowsPerCommit: self.rowsPerCommit, accounts: n, prefix: feeds.accountPrefix,
+                                     rate: self.rate, deadline: deadline)
+            : await writer.run(count: m, rate: self.rate, account: self.account, deadline: deadline)
+        for f in doneFutures { try? await f.get() }
+        let serverCPUAfter = self.serverPid.flatMap { ProcFS.cpuSeconds(pid: $0) }
+        let clientCPUAfter = ProcFS.cpuSeconds(pid: getpid())
+
+        let results = try await collectResults(loops: factory.loops, states: factory.states)
+        return self.report(
+            name: name, results: results, written: written, setupSeconds: setupSeconds,
+            serverCPU: serverCPUBefore.flatMap { b in serverCPUAfter.map { $0 - b } },
+            clientCPU: clientCPUBefore.flatMap { b in clientCPUAfter.map { $0 - b } })
     }
 
     func report(
@@ -241,7 +312,8 @@ struct Fanout: AsyncParsableCommand {
         let deliveries = results.reduce(0) { $0 + $1.deliveries }
         // Missing is counted against what was actually committed.
         let missingVsM = results.reduce(0) { $0 + $1.missing }
-        let missing = max(0, missingVsM - n * (self.changes - written.commits))
+        let perRow = self.deliveriesPerRow
+        let missing = max(0, missingVsM - perRow * (self.changes - written.commits))
         let extra = results.reduce(0) { $0 + $1.extra }
         let lastDelivery = results.map(\.lastDelivery).max() ?? 0
         let window = lastDelivery > written.startMicros ? Double(lastDelivery - written.startMicros) / 1e6 : 0
@@ -262,7 +334,7 @@ struct Fanout: AsyncParsableCommand {
         let commitRate = written.seconds > 0 ? Double(written.commits) / written.seconds : 0
         print("  writer: \(written.commits) commits in \(fmt(written.seconds)) s (\(grouped(commitRate)) commits/s)"
             + (written.error.map { " — \($0)" } ?? ""))
-        print("  deliveries: \(grouped(Double(deliveries))) of \(grouped(Double(n * written.commits))) expected, missing \(missing), extra \(extra)"
+        print("  deliveries: \(grouped(Double(deliveries))) of \(grouped(Double(perRow * written.commits))) expected, missing \(missing), extra \(extra)"
             + (timedOut ? " — TIMED OUT after \(fmt(self.timeout, 0)) s" : ""))
         print("  throughput: \(grouped(perSecond)) deliveries/s over \(fmt(window, 3)) s (first commit → last delivery)")
         if histogram.totalCount > 0 {
@@ -285,6 +357,8 @@ struct Fanout: AsyncParsableCommand {
             ("scenario", .string("fanout")),
             ("complete", .bool(complete)),
             ("name", .string(name)),
+            ("feeds", .string(self.manyFeeds ? "many" : "one")),
+            ("rows_per_commit", .int(self.rowsPerCommit)),
             ("server", .string(self.connection.serverName)),
             ("protocol", .string(self.connection.wireProtocol.rawValue)),
             ("subscribers", .int(n)),
@@ -297,7 +371,7 @@ struct Fanout: AsyncParsableCommand {
             ("commit_s", .number(written.seconds)),
             ("commits_per_s", .number(commitRate, 1)),
             ("writer_error", written.error.map { .string($0) } ?? .null),
-            ("expected_deliveries", .int(n * written.commits)),
+            ("expected_deliveries", .int(perRow * written.commits)),
             ("deliveries", .int(deliveries)),
             ("missing", .int(missing)),
             ("extra", .int(extra)),

@@ -12,6 +12,8 @@ enum ConnectionMode: Sendable {
     case subscribe(frame: String)
     /// `hello` as its own user → `welcome`; then, once started, a closed loop of `mutate` → answer.
     case mutate(MutateSettings)
+    /// `hello` as its own user → `welcome` → `subscribe` to its own account's feed (Feeds.swift).
+    case feeds(FeedSettings)
 }
 
 /// The closed-loop mutation client: connection `index` is user `<subPrefix><n>` with client_id
@@ -68,6 +70,9 @@ final class LoopState {
     var firstError: String?
     var resets = 0
     var closeCodes: [Int: Int] = [:]
+    /// Feeds mode: the cursor of each connection's snapshot (by index), and the sequence check.
+    var cursors: [Int32: String] = [:]
+    var sequence = SequenceTally()
     // permessage-deflate: what connections negotiated, and bytes of data messages on the wire
     // (after reassembly, before inflating) and after inflating.
     var negotiated: [NegotiatedCompression: Int] = [:]
@@ -119,6 +124,19 @@ final class LoopState {
     func connectionFinished() {
         self.finished += 1
         self.checkDone()
+    }
+
+    /// Fan-out rounds on the same connections: counts start from zero again; a connection that
+    /// was lost stays finished (and its rows missing).
+    func startNextRound() {
+        self.histogram = Histogram(
+            lowestDiscernibleValue: 1, highestTrackableValue: LoopState.histogramMax, numberOfSignificantValueDigits: .three)
+        self.deliveries = 0
+        self.badTimestamps = 0
+        self.firstDelivery = .max
+        self.lastDelivery = 0
+        self.timedOut = false
+        self.finished = self.connections.reduce(0) { $0 + ($1.startNextRound() ? 1 : 0) }
     }
 
     private func checkDone() {
@@ -205,10 +223,12 @@ final class UpgradeRequestHandler: ChannelInboundHandler, RemovableChannelHandle
 
     static let name = "syncline-bench.upgrade-request"
     private let settings: ClientSettings
+    private let index: Int
     private var ready: EventLoopPromise<Void>?
 
-    init(settings: ClientSettings, ready: EventLoopPromise<Void>) {
+    init(settings: ClientSettings, index: Int, ready: EventLoopPromise<Void>) {
         self.settings = settings
+        self.index = index
         self.ready = ready
     }
 
@@ -220,7 +240,7 @@ final class UpgradeRequestHandler: ChannelInboundHandler, RemovableChannelHandle
             headers.add(name: "Sec-WebSocket-Extensions", value: "permessage-deflate; client_no_context_takeover")
         }
         headers.add(name: "Content-Length", value: "0")
-        let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: self.settings.path, headers: headers)
+        let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: self.settings.path(index: self.index), headers: headers)
         context.write(self.wrapOutboundOut(.head(head)), promise: nil)
         context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
         context.fireChannelActive()
@@ -282,6 +302,8 @@ final class WSConnectionHandler: ChannelInboundHandler {
     private var inFlightMid: Int64 = 0
     private var sentAt: UInt64 = 0
     private var mutating = false
+    /// Feeds mode with a sequence check: the next per-account sequence number expected.
+    var nextSeq: Int32 = 1
 
     init(
         index: Int, state: LoopState, settings: ClientSettings, compression: NegotiatedCompression = .off,
@@ -309,6 +331,10 @@ final class WSConnectionHandler: ChannelInboundHandler {
             let n = m.account(index: Int(self.index))
             clientID = "\(self.settings.clientIDPrefix)-\(n)"
             token = devToken(sub: "\(m.subPrefix)\(n)")
+        } else if case .feeds(let f) = self.settings.mode {
+            let n = f.number(index: Int(self.index))
+            clientID = "\(self.settings.clientIDPrefix)-\(n)"
+            token = devToken(sub: "\(f.subPrefix)\(n)")
         }
         let hello = #"{"type":"hello","client_id":"\#(clientID)","token":"\#(token)"}"#
         self.sendText(hello, context: context)
@@ -316,6 +342,13 @@ final class WSConnectionHandler: ChannelInboundHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+    }
+
+    /// Resets the delivery count for the next fan-out round; true when the connection is gone.
+    func startNextRound() -> Bool {
+        self.deliveries = 0
+        self.finished = self.phase != .live
+        return self.finished
     }
 
     private func sendText(_ text: String, context: ChannelHandlerContext) {
@@ -416,6 +449,7 @@ final class WSConnectionHandler: ChannelInboundHandler {
                     self.handleMutationAnswer(type, p)
                 } else if type == .changes {
                     self.recordChanges(p)
+                    if case .feeds(let f) = self.settings.mode, f.verifySequence { self.state.sequence.check(p, next: &self.nextSeq) }
                 } else if type == .subscribed {
                     self.state.resets += 1  // a restarted feed (mode reset) during the run
                 } else if type == .error {
@@ -434,6 +468,9 @@ final class WSConnectionHandler: ChannelInboundHandler {
                     case .subscribe(let frame):
                         self.phase = .awaitingSnapshot
                         self.sendText(frame, context: context)
+                    case .feeds(let f):
+                        self.phase = .awaitingSnapshot
+                        self.sendText(f.subscribeFrame(index: Int(self.index)), context: context)
                     }
                 } else if type == .error {
                     self.failReady(BenchError("error before welcome: \(Self.describeError(p))"))
@@ -441,8 +478,17 @@ final class WSConnectionHandler: ChannelInboundHandler {
             case .awaitingSnapshot:
                 if type == .snapshot {
                     if FrameScan.isDone(p) {
+                        if case .feeds = self.settings.mode { self.state.cursors[self.index] = FrameScan.cursor(p) }
                         self.phase = .live
                         self.succeedReady()
+                    }
+                } else if type == .subscribed, case .feeds(let f) = self.settings.mode, f.resuming {
+                    // Resumed: `changes` after the cursor follow, no snapshot. A reset would send one.
+                    if FrameScan.isResumeMode(p) {
+                        self.phase = .live
+                        self.succeedReady()
+                    } else {
+                        self.state.resets += 1
                     }
                 } else if type == .error {
                     self.failReady(BenchError("subscribe failed: \(Self.describeError(p))"))
@@ -661,7 +707,7 @@ struct ConnectionFactory: Sendable {
                         }
                     ))
                 try sync.addHandler(
-                    UpgradeRequestHandler(settings: settings, ready: ready), name: UpgradeRequestHandler.name)
+                    UpgradeRequestHandler(settings: settings, index: index, ready: ready), name: UpgradeRequestHandler.name)
             }
         }
         bootstrap.connect(to: self.target).whenFailure { error in

@@ -90,6 +90,78 @@ final class ChangeWriter: Sendable {
         return Outcome(commits: commits, startMicros: startMicros, seconds: monotonicSeconds() - start, error: failure)
     }
 
+    /// Many feeds: commits `rows` rows over accounts `<prefix>1` … `<prefix><accounts>`, round
+    /// robin, `rowsPerCommit` rows (consecutive accounts) per transaction, at `rate` transactions per
+    /// second (0: flat out). Every row's `created_at` is its own `clock_timestamp()`, inside the
+    /// transaction. `Outcome.commits` counts rows, so that missing deliveries are counted per row.
+    func runSpread(
+        rows: Int, rowsPerCommit: Int, accounts: Int, prefix: String, rate: Double, deadline: Double
+    ) async -> Outcome {
+        let start = monotonicSeconds()
+        let startMicros = wallMicros()
+        var written = 0
+        var failure: String?
+        let transactions = rows / rowsPerCommit
+        for t in 0..<transactions {
+            if rate > 0 {
+                let wait = start + Double(t) / rate - monotonicSeconds()
+                if wait > 0 { try? await Task.sleep(nanoseconds: UInt64(wait * 1e9)) }
+            }
+            if monotonicSeconds() > deadline {
+                failure = "writer stopped at the timeout after \(written) rows"
+                break
+            }
+            let first = t * rowsPerCommit
+            do {
+                try await self.connection.query(
+                    """
+                    INSERT INTO transactions(id, account_id, amount, memo, created_at)
+                    SELECT gen_random_uuid(), \(prefix) || ((\(first) + g) % \(accounts) + 1)::text, 1, 'bench', clock_timestamp()
+                    FROM generate_series(0, \(rowsPerCommit - 1)) AS g
+                    """,
+                    logger: self.logger)
+                written += rowsPerCommit
+            } catch {
+                failure = "insert failed after \(written) rows: \(String(reflecting: error))"
+                break
+            }
+        }
+        return Outcome(commits: written, startMicros: startMicros, seconds: monotonicSeconds() - start, error: failure)
+    }
+
+    /// Resume storm: for k = 1 … `perAccount`, one row with memo `seq:<k>` for each account
+    /// `<prefix>1` … `<prefix><accounts>`, `rowsPerCommit` rows per transaction. Each account's rows
+    /// commit in sequence order, so a client that receives them all, in commit order, sees 1, 2, ….
+    func writeSequenced(accounts: Int, perAccount: Int, rowsPerCommit: Int, prefix: String) async throws -> Double {
+        let start = monotonicSeconds()
+        for k in 1...perAccount {
+            var from = 1
+            while from <= accounts {
+                let to = min(accounts, from + rowsPerCommit - 1)
+                try await self.connection.query(
+                    """
+                    INSERT INTO transactions(id, account_id, amount, memo, created_at)
+                    SELECT gen_random_uuid(), \(prefix) || g::text, 1, 'seq:' || \(k)::text, clock_timestamp()
+                    FROM generate_series(\(from), \(to)) AS g
+                    """,
+                    logger: self.logger)
+                from = to + 1
+            }
+        }
+        return monotonicSeconds() - start
+    }
+
+    /// Deletes the rows the many-feeds and resume scenarios inserted for `<prefix>…` accounts, so
+    /// that snapshots stay small and sequence numbers start afresh.
+    func deletePreviousRows(accountPrefix prefix: String) async throws -> Int {
+        let pattern = prefix + "%"
+        let rows = try await self.connection.query(
+            "WITH d AS (DELETE FROM transactions WHERE account_id LIKE \(pattern) AND (memo = 'bench' OR memo LIKE 'seq:%') RETURNING 1) SELECT count(*)::int8 FROM d",
+            logger: self.logger)
+        for try await n in rows.decode(Int64.self) { return Int(n) }
+        return 0
+    }
+
     func close() async {
         try? await self.connection.close()
     }
