@@ -57,23 +57,56 @@ public struct FeedBatchEncoder: Sendable {
         return EncodedBatch(after: after, through: through, bodies: bodies, records: records)
     }
 
-    /// Encodes the records after `cursor` for one feed only: the catch-up and straddle path, not the
-    /// hot path. Returns nil when there is nothing to send for the feed besides cursor movement.
+    /// Encodes the records after `cursor` for one feed only: the straddle and log-page path, not
+    /// the hot path. The body has neither changes nor messages when nothing matched.
     public func encodeSingle(_ records: some Sequence<ChangeRecord>, after cursor: Int64, through: Int64, key: FeedKey) -> FeedBody {
+        encodeCatchUp(records, through: through, feeds: [(key, cursor)])[0]
+    }
+
+    /// Encodes one body per `(key, after)` pair: the records in (`after`, `through`] of that feed.
+    ///
+    /// One pass over `records` serves every pair, each record matched once through an index of
+    /// the pairs' feeds. A reconnect storm (thousands of subscribers resuming over the same
+    /// recent range) thus costs the range plus what is delivered, not subscribers × range.
+    /// Pairs with the same key and cursor share one encoded body.
+    public func encodeCatchUp(
+        _ records: some Sequence<ChangeRecord>, through: Int64, feeds: [(key: FeedKey, after: Int64)]
+    ) -> [FeedBody] {
         var index = SubscriptionIndex()
-        let id = index.retain(key).id
-        var body = FeedBody()
+        var groupOf: [Int] = []  // feeds[i] → its group
+        groupOf.reserveCapacity(feeds.count)
+        var groups: [(id: FeedID, after: Int64)] = []
+        var groupByFeed: [FeedID: [Int]] = [:]
+        var groupByPair: [FeedKey: [Int64: Int]] = [:]
+        for feed in feeds {
+            if let group = groupByPair[feed.key]?[feed.after] {
+                groupOf.append(group)
+                continue
+            }
+            let id = index.retain(feed.key).id
+            let group = groups.count
+            groups.append((id, feed.after))
+            groupByFeed[id, default: []].append(group)
+            groupByPair[feed.key, default: [:]][feed.after] = group
+            groupOf.append(group)
+        }
+        let earliest = groups.map(\.after).min() ?? through
+        var bodies = [FeedBody](repeating: FeedBody(), count: groups.count)
         let cursorField = "\"cursor\":\"\(epoch).\(through)\","
-        for record in records where record.position > cursor && record.position <= through {
-            index.match(record) { matched, effect in
-                if matched == id {
-                    body.append(record, effect, cursorField: cursorField, epoch: epoch,
-                                maximumBytes: maximumFeedBytes, allocator: ByteBufferAllocator())
+        let allocator = ByteBufferAllocator()
+        for record in records where record.position > earliest && record.position <= through {
+            index.match(record) { id, effect in
+                guard let members = groupByFeed[id] else { return }
+                for group in members where record.position > groups[group].after {
+                    bodies[group].append(record, effect, cursorField: cursorField, epoch: epoch,
+                                         maximumBytes: maximumFeedBytes, allocator: allocator)
                 }
             }
         }
-        if body.changes != nil { body.changes!.writeStaticString("]}") }
-        return body
+        for group in bodies.indices where bodies[group].changes != nil {
+            bodies[group].changes!.writeStaticString("]}")
+        }
+        return groupOf.map { bodies[$0] }
     }
 
     /// The body of an empty `changes` that only advances a feed's cursor.

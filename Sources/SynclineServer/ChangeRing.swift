@@ -44,16 +44,16 @@ struct ChangeRing: Sendable {
         through = position
     }
 
-    /// The records in (`from`, `to`], or nil when the ring does not hold all of them.
-    func records(after from: Int64, through to: Int64) -> [ChangeRecord]? {
-        guard from >= after, to <= through else { return nil }
-        var out: [ChangeRecord] = []
+    /// The batches that hold (`max(from, after)`, `to`], shared (no record is copied: the caller
+    /// filters by position), and the position from which they are complete; nil when the ring
+    /// does not reach `to`.
+    func batches(after from: Int64, through to: Int64) -> (after: Int64, batches: [[ChangeRecord]])? {
+        guard to <= through else { return nil }
+        var out: [[ChangeRecord]] = []
         for i in start..<batches.count where batches[i].through > from {
-            for record in batches[i].records where record.position > from && record.position <= to {
-                out.append(record)
-            }
+            out.append(batches[i].records)
             if batches[i].through >= to { break }
         }
-        return out
+        return (max(from, after), out)
     }
 }

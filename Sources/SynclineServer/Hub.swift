@@ -74,9 +74,11 @@ public final class Hub: Sendable {
         feedsGauge.record(feeds)
     }
 
-    /// Records in (`after`, `through`] from memory, or nil when the ring no longer holds them.
-    func recentRecords(after: Int64, through: Int64) -> [ChangeRecord]? {
-        state.withLockedValue { $0.ring.records(after: after, through: through) }
+    /// The ring's batches covering (`max(after, complete)`, `through`] without copying records
+    /// (the lock is held only to take references), with `complete`: the position from which the
+    /// ring holds everything. Nil when the ring does not reach `through`.
+    func recentBatches(after: Int64, through: Int64) -> (after: Int64, batches: [[ChangeRecord]])? {
+        state.withLockedValue { $0.ring.batches(after: after, through: through) }
     }
 
     /// The tail's sink: called in order on the tail's task; returns when every event loop has
@@ -179,6 +181,7 @@ final class LoopFanout {
         }
         subscriber.slot = -1
         subscriber.phase = .starting
+        subscriber.awaitingCatchUp = false
     }
 
     private func addLive(_ subscriber: Subscriber) {
@@ -218,6 +221,58 @@ final class LoopFanout {
         for connection in Array(connections.values) {
             connection.close(.goingAway, reason: "server shutting down; reconnect and resume")
         }
+    }
+
+    // MARK: Catch-up
+
+    /// Subscribers waiting to be brought from their cursor to this loop's head, served together.
+    private var pendingCatchUps: [Subscriber] = []
+    private var catchUpScheduled = false
+
+    /// Queues a subscriber (phase `starting`, cursor below `head`) for the next catch-up pass,
+    /// which runs once the loop has read what is ready: subscribers resuming in the same burst (a
+    /// reconnect storm) share one pass over the ring instead of one each.
+    func requestCatchUp(_ subscriber: Subscriber, hub: Hub) {
+        subscriber.awaitingCatchUp = true
+        pendingCatchUps.append(subscriber)
+        guard !catchUpScheduled else { return }
+        catchUpScheduled = true
+        let bound = NIOLoopBound(self, eventLoop: eventLoop)
+        eventLoop.execute { bound.value.runCatchUps(hub: hub) }
+    }
+
+    private func runCatchUps(hub: Hub) {
+        catchUpScheduled = false
+        let pending = pendingCatchUps
+        pendingCatchUps = []
+        let target = head
+        var behind: [Subscriber] = []
+        for subscriber in pending where subscriber.awaitingCatchUp && subscriber.phase == .starting {
+            subscriber.awaitingCatchUp = false
+            if subscriber.cursor >= target {
+                subscriber.connection.finishCatchUp(subscriber, body: FeedBody(), through: target)
+            } else {
+                behind.append(subscriber)
+            }
+        }
+        guard let earliest = behind.map(\.cursor).min() else { return flush() }
+        guard let recent = hub.recentBatches(after: earliest, through: target) else {
+            for subscriber in behind { subscriber.connection.catchUpFromLog(subscriber) }
+            return flush()
+        }
+        // Cursors older than the ring reads from the change log, page by page.
+        let fromRing = behind.filter { $0.cursor >= recent.after }
+        for subscriber in behind where subscriber.cursor < recent.after {
+            subscriber.connection.catchUpFromLog(subscriber)
+        }
+        if !fromRing.isEmpty {
+            let bodies = encoder.encodeCatchUp(
+                recent.batches.joined(), through: target, feeds: fromRing.map { ($0.key, $0.cursor) })
+            for (subscriber, body) in zip(fromRing, bodies) {
+                subscriber.connection.finishCatchUp(subscriber, body: body, through: target)
+            }
+        }
+        flush()
     }
 
     /// Connections written to during this batch, flushed once at its end.

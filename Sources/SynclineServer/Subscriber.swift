@@ -35,6 +35,9 @@ final class Subscriber {
     var lastSentPosition: Int64 = 0
     /// The snapshot or catch-up work in flight.
     var task: Task<Void, Never>?
+    /// Queued for the loop's next catch-up pass; cleared when the fan-out removes the subscriber
+    /// (restart, unsubscribe, close), so the pass never touches a subscriber that moved on.
+    var awaitingCatchUp = false
 
     init(id: String, key: FeedKey, feedID: FeedID, generation: UInt64, connection: SyncConnection) {
         self.id = id

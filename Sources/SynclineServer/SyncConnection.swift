@@ -414,27 +414,36 @@ final class SyncConnection: ChannelInboundHandler {
     }
 
     /// Brings a subscriber from its cursor to this loop's head — from the in-memory ring when it
-    /// still holds the range, else from Postgres page by page — then makes it live.
+    /// still holds the range (in the loop's next catch-up pass, shared with every subscriber
+    /// resuming meanwhile), else from Postgres page by page — then makes it live.
     private func catchUp(_ subscriber: Subscriber) {
         guard !closing, subscriber.phase == .starting else { return }
         let fanout = self.fanout
+        if subscriber.cursor >= fanout.head {
+            fanout.activate(subscriber)
+            if awaitingDelivery { releaseOutcomes() }
+            return
+        }
+        fanout.requestCatchUp(subscriber, hub: environment.hub)
+    }
+
+    /// The loop's catch-up pass encoded what `subscriber` missed through `target` (the loop's
+    /// head): send it and go live. The caller flushes.
+    func finishCatchUp(_ subscriber: Subscriber, body: FeedBody, through target: Int64) {
+        guard !closing, subscriber.phase == .starting, subscribers[subscriber.id] === subscriber else { return }
+        if body.reset { return restart(subscriber, reason: "the feed must be reloaded") }
+        send(body, to: subscriber, through: target)
+        guard !closing else { return }  // the send found the outbound queue full
+        fanout.activate(subscriber)
+        if awaitingDelivery { releaseOutcomes() }
+    }
+
+    /// Catch-up from the change log, for a cursor older than the ring: page by page, then back
+    /// to `catchUp` for the rest.
+    func catchUpFromLog(_ subscriber: Subscriber) {
+        guard !closing, subscriber.phase == .starting, subscribers[subscriber.id] === subscriber else { return }
         let target = fanout.head
-        if subscriber.cursor >= target {
-            fanout.activate(subscriber)
-            if awaitingDelivery { releaseOutcomes() }
-            return
-        }
         let encoder = environment.hub.encoder
-        if let records = environment.hub.recentRecords(after: subscriber.cursor, through: target) {
-            let body = encoder.encodeSingle(records, after: subscriber.cursor, through: target, key: subscriber.key)
-            if body.reset { return restart(subscriber, reason: "the feed must be reloaded") }
-            send(body, to: subscriber, through: target)
-            flushIfNeeded()
-            guard !closing else { return }  // the send found the outbound queue full
-            fanout.activate(subscriber)
-            if awaitingDelivery { releaseOutcomes() }
-            return
-        }
         let environment = self.environment
         let bound = self.bound
         let loop = context.eventLoop

@@ -314,6 +314,50 @@ struct FeedBatchEncoderTests {
         #expect(behind.changes == nil)
     }
 
+    // MARK: - encodeCatchUp
+
+    @Test func encodeCatchUpServesEveryFeedFromItsOwnCursorInOnePass() throws {
+        let open = FeedKey.collection("orders", filter: openImage)
+        let closed = FeedKey.collection("orders", filter: closedImage)
+        let records = (1...6).map {
+            record(.insert, position: Int64($0), key: "{\"id\":\($0)}", row: "{\"id\":\($0)}",
+                   new: $0 % 2 == 0 ? openImage : closedImage)
+        }
+        // Open feed from 0 and from 4, closed feed from 2, the open feed from 0 again (shares the
+        // first body), and a topic feed with nothing in the range.
+        let bodies = encoder.encodeCatchUp(records, through: 5, feeds: [
+            (open, 0), (open, 4), (closed, 2), (open, 0), (.topic("chat"), 0),
+        ])
+        #expect(bodies.count == 5)
+        #expect(text(bodies[0].changes) == #""cursor":"ab12.5","changes":["#
+            + #"{"op":"insert","key":{"id":2},"row":{"id":2}},"#
+            + #"{"op":"insert","key":{"id":4},"row":{"id":4}}]}"#)
+        #expect(bodies[1].changes == nil)  // 4 is at its cursor, 6 is past `through`
+        #expect(text(bodies[2].changes) == #""cursor":"ab12.5","changes":["#
+            + #"{"op":"insert","key":{"id":3},"row":{"id":3}},"#
+            + #"{"op":"insert","key":{"id":5},"row":{"id":5}}]}"#)
+        #expect(text(bodies[3].changes) == text(bodies[0].changes))
+        #expect(bodies[4].changes == nil && bodies[4].messages.isEmpty && !bodies[4].reset)
+        for body in bodies where body.changes != nil { _ = try frame(changesPrefix, body.changes) }
+        // The same answers one feed at a time.
+        for (i, (key, after)) in [(open, Int64(0)), (open, 4), (closed, 2)].enumerated() {
+            #expect(text(encoder.encodeSingle(records, after: after, through: 5, key: key).changes) == text(bodies[i].changes))
+        }
+    }
+
+    @Test func encodeCatchUpTruncateResetsOnlyFeedsBehindIt() {
+        let all = FeedKey.collection("orders", filter: [:])
+        let records = [
+            record(.insert, position: 3, key: #"{"id":3}"#, row: #"{"id":3}"#),
+            record(.truncate, position: 4),
+            record(.insert, position: 5, key: #"{"id":5}"#, row: #"{"id":5}"#),
+        ]
+        let bodies = encoder.encodeCatchUp(records, through: 5, feeds: [(all, 2), (all, 4)])
+        #expect(bodies[0].reset)
+        #expect(!bodies[1].reset)
+        #expect(text(bodies[1].changes) == #""cursor":"ab12.5","changes":[{"op":"insert","key":{"id":5},"row":{"id":5}}]}"#)
+    }
+
     // MARK: - advanceBody
 
     @Test func advanceBodyIsAnEmptyChanges() throws {
