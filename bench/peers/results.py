@@ -117,6 +117,15 @@ def servers_of(runs, kind):
     return [s for s in ORDER if s in present] + sorted(present - set(ORDER))
 
 
+def results_of(runs, kind, names, servers):
+    """(name, server, runs) for every scenario name and server that has results, in table order."""
+    for name in names:
+        for server in servers:
+            rs = runs.get((kind, server, name))
+            if rs:
+                yield name, server, rs
+
+
 def write(runs, machine, out, plots_dir, args):
     lines = []
     add = lines.append
@@ -144,17 +153,13 @@ def write(runs, machine, out, plots_dir, args):
         add("")
         add("| scenario | server | commits/s | deliveries/s | missing | p50 ms | p99 ms | p99.9 ms | server CPU s | deliveries / server CPU-s | runs |")
         add("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for name in scen:
-            for server in fan_servers:
-                rs = runs.get(("fanout", server, name))
-                if not rs:
-                    continue
-                dropped = med(rs, "dropped_connections") or 0
-                missing = big(med(rs, "missing")) + (f" ({dropped:.0f} dropped)" if dropped else "") + incomplete(rs)
-                add(f"| {name} | {LABEL.get(server, server)} | {big(med(rs, 'commits_per_s'))} | {big(med(rs, 'deliveries_per_s'))} | "
-                    f"{missing} | {ms(med(rs, 'latency_ms', 'p50'))} | {ms(med(rs, 'latency_ms', 'p99'))} | "
-                    f"{ms(med(rs, 'latency_ms', 'p999'))} | {ms(med(rs, 'server_cpu_s'))} | "
-                    f"{big(med(rs, 'deliveries_per_server_cpu_s'))} | {len(rs)} |")
+        for name, server, rs in results_of(runs, "fanout", scen, fan_servers):
+            dropped = med(rs, "dropped_connections") or 0
+            missing = big(med(rs, "missing")) + (f" ({dropped:.0f} dropped)" if dropped else "") + incomplete(rs)
+            add(f"| {name} | {LABEL.get(server, server)} | {big(med(rs, 'commits_per_s'))} | {big(med(rs, 'deliveries_per_s'))} | "
+                f"{missing} | {ms(med(rs, 'latency_ms', 'p50'))} | {ms(med(rs, 'latency_ms', 'p99'))} | "
+                f"{ms(med(rs, 'latency_ms', 'p999'))} | {ms(med(rs, 'server_cpu_s'))} | "
+                f"{big(med(rs, 'deliveries_per_server_cpu_s'))} | {len(rs)} |")
             rate = med(runs.get(("fanout", fan_servers[0], name), [{}]), "rate") if fan_servers else None
             fl = floor_for(rate or 0, runs) if rate is not None else None
             if fl:
@@ -173,17 +178,13 @@ def write(runs, machine, out, plots_dir, args):
         add("")
         add("| scenario | server | rows/s | deliveries/s | missing | p50 ms | p99 ms | p99.9 ms | server CPU s | deliveries / server CPU-s | setup s | runs |")
         add("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for name in feed_scen:
-            for server in servers_of(runs, "feeds"):
-                rs = runs.get(("feeds", server, name))
-                if not rs:
-                    continue
-                dropped = med(rs, "dropped_connections") or 0
-                missing = big(med(rs, "missing")) + (f" ({dropped:.0f} dropped)" if dropped else "") + incomplete(rs)
-                add(f"| {name} | {LABEL.get(server, server)} | {big(med(rs, 'commits_per_s'))} | {big(med(rs, 'deliveries_per_s'))} | "
-                    f"{missing} | {ms(med(rs, 'latency_ms', 'p50'))} | {ms(med(rs, 'latency_ms', 'p99'))} | "
-                    f"{ms(med(rs, 'latency_ms', 'p999'))} | {ms(med(rs, 'server_cpu_s'))} | "
-                    f"{big(med(rs, 'deliveries_per_server_cpu_s'))} | {ms(med(rs, 'setup_s'))} | {len(rs)} |")
+        for name, server, rs in results_of(runs, "feeds", feed_scen, servers_of(runs, "feeds")):
+            dropped = med(rs, "dropped_connections") or 0
+            missing = big(med(rs, "missing")) + (f" ({dropped:.0f} dropped)" if dropped else "") + incomplete(rs)
+            add(f"| {name} | {LABEL.get(server, server)} | {big(med(rs, 'commits_per_s'))} | {big(med(rs, 'deliveries_per_s'))} | "
+                f"{missing} | {ms(med(rs, 'latency_ms', 'p50'))} | {ms(med(rs, 'latency_ms', 'p99'))} | "
+                f"{ms(med(rs, 'latency_ms', 'p999'))} | {ms(med(rs, 'server_cpu_s'))} | "
+                f"{big(med(rs, 'deliveries_per_server_cpu_s'))} | {ms(med(rs, 'setup_s'))} | {len(rs)} |")
         add("")
 
     resumes = sorted(name for (k, server, name) in runs if k == "resume")
@@ -197,35 +198,27 @@ def write(runs, machine, out, plots_dir, args):
         add("")
         add("| scenario | clients | changes | write s | live s | caught up s | server CPU s | rows received | gaps | duplicates | resets | runs |")
         add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for name in resumes:
-            for server in servers_of(runs, "resume"):
-                rs = runs.get(("resume", server, name))
-                if not rs:
-                    continue
-                add(f"| {name} | {big(med(rs, 'clients'))} | {big(med(rs, 'changes'))} | {ms(med(rs, 'write_s'))} | "
-                    f"{ms(med(rs, 'live_s'))} | {ms(med(rs, 'caught_up_s'))} | {ms(med(rs, 'server_cpu_s'))} | "
-                    f"{big(med(rs, 'deliveries'))} | {sum(o.get('gaps', 0) for o in rs)} (all runs) | "
-                    f"{sum(o.get('duplicates', 0) for o in rs)} (all runs) | {sum(o.get('resets', 0) for o in rs)} | {len(rs)} |")
+        for name, server, rs in results_of(runs, "resume", resumes, servers_of(runs, "resume")):
+            add(f"| {name} | {big(med(rs, 'clients'))} | {big(med(rs, 'changes'))} | {ms(med(rs, 'write_s'))} | "
+                f"{ms(med(rs, 'live_s'))} | {ms(med(rs, 'caught_up_s'))} | {ms(med(rs, 'server_cpu_s'))} | "
+                f"{big(med(rs, 'deliveries'))} | {sum(o.get('gaps', 0) for o in rs)} (all runs) | "
+                f"{sum(o.get('duplicates', 0) for o in rs)} (all runs) | {sum(o.get('resets', 0) for o in rs)} | {len(rs)} |")
         add("")
 
     idle_servers = servers_of(runs, "idle")
     idle_names = sorted({name for (k, _, name) in runs if k == "idle"},
-                        key=lambda n: int(re.sub(r"\D", "", n) or 0))
+                        key=lambda n: (int(re.sub(r"\D", "", n) or 0), n))
     if idle_names:
         add("## Idle connections")
         add("")
         add("| scenario | server | setup s | RSS before MiB | RSS open MiB | KiB / idle connection | runs |")
         add("|---|---|---:|---:|---:|---:|---:|")
-        for name in idle_names:
-            for server in idle_servers:
-                rs = runs.get(("idle", server, name))
-                if not rs:
-                    continue
-                before = med(rs, "rss_before_kib")
-                opened = med(rs, "rss_open_kib")
-                add(f"| {name} | {LABEL.get(server, server)} | {ms(med(rs, 'setup_s'))} | "
-                    f"{kib(before / 1024 if before else None)} | {kib(opened / 1024 if opened else None)} | "
-                    f"{ms(med(rs, 'rss_per_connection_kib'))}{incomplete(rs)} | {len(rs)} |")
+        for name, server, rs in results_of(runs, "idle", idle_names, idle_servers):
+            before = med(rs, "rss_before_kib")
+            opened = med(rs, "rss_open_kib")
+            add(f"| {name} | {LABEL.get(server, server)} | {ms(med(rs, 'setup_s'))} | "
+                f"{kib(before / 1024 if before else None)} | {kib(opened / 1024 if opened else None)} | "
+                f"{ms(med(rs, 'rss_per_connection_kib'))}{incomplete(rs)} | {len(rs)} |")
         add("")
 
     if args.mutations and os.path.exists(args.mutations):
