@@ -117,6 +117,16 @@ def servers_of(runs, kind):
     return [s for s in ORDER if s in present] + sorted(present - set(ORDER))
 
 
+def delivery_cells(rs):
+    """The fan-out and many-feeds columns from commits/s to deliveries per server CPU-s (medians)."""
+    dropped = med(rs, "dropped_connections") or 0
+    missing = big(med(rs, "missing")) + (f" ({dropped:.0f} dropped)" if dropped else "") + incomplete(rs)
+    return (f"{big(med(rs, 'commits_per_s'))} | {big(med(rs, 'deliveries_per_s'))} | "
+            f"{missing} | {ms(med(rs, 'latency_ms', 'p50'))} | {ms(med(rs, 'latency_ms', 'p99'))} | "
+            f"{ms(med(rs, 'latency_ms', 'p999'))} | {ms(med(rs, 'server_cpu_s'))} | "
+            f"{big(med(rs, 'deliveries_per_server_cpu_s'))}")
+
+
 def results_of(runs, kind, names, servers):
     """(name, server, runs) for every scenario name and server that has results, in table order."""
     for name in names:
@@ -154,12 +164,7 @@ def write(runs, machine, out, plots_dir, args):
         add("| scenario | server | commits/s | deliveries/s | missing | p50 ms | p99 ms | p99.9 ms | server CPU s | deliveries / server CPU-s | runs |")
         add("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for name, server, rs in results_of(runs, "fanout", scen, fan_servers):
-            dropped = med(rs, "dropped_connections") or 0
-            missing = big(med(rs, "missing")) + (f" ({dropped:.0f} dropped)" if dropped else "") + incomplete(rs)
-            add(f"| {name} | {LABEL.get(server, server)} | {big(med(rs, 'commits_per_s'))} | {big(med(rs, 'deliveries_per_s'))} | "
-                f"{missing} | {ms(med(rs, 'latency_ms', 'p50'))} | {ms(med(rs, 'latency_ms', 'p99'))} | "
-                f"{ms(med(rs, 'latency_ms', 'p999'))} | {ms(med(rs, 'server_cpu_s'))} | "
-                f"{big(med(rs, 'deliveries_per_server_cpu_s'))} | {len(rs)} |")
+            add(f"| {name} | {LABEL.get(server, server)} | {delivery_cells(rs)} | {len(rs)} |")
             rate = med(runs.get(("fanout", fan_servers[0], name), [{}]), "rate") if fan_servers else None
             fl = floor_for(rate or 0, runs) if rate is not None else None
             if fl:
@@ -179,12 +184,7 @@ def write(runs, machine, out, plots_dir, args):
         add("| scenario | server | rows/s | deliveries/s | missing | p50 ms | p99 ms | p99.9 ms | server CPU s | deliveries / server CPU-s | setup s | runs |")
         add("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for name, server, rs in results_of(runs, "feeds", feed_scen, servers_of(runs, "feeds")):
-            dropped = med(rs, "dropped_connections") or 0
-            missing = big(med(rs, "missing")) + (f" ({dropped:.0f} dropped)" if dropped else "") + incomplete(rs)
-            add(f"| {name} | {LABEL.get(server, server)} | {big(med(rs, 'commits_per_s'))} | {big(med(rs, 'deliveries_per_s'))} | "
-                f"{missing} | {ms(med(rs, 'latency_ms', 'p50'))} | {ms(med(rs, 'latency_ms', 'p99'))} | "
-                f"{ms(med(rs, 'latency_ms', 'p999'))} | {ms(med(rs, 'server_cpu_s'))} | "
-                f"{big(med(rs, 'deliveries_per_server_cpu_s'))} | {ms(med(rs, 'setup_s'))} | {len(rs)} |")
+            add(f"| {name} | {LABEL.get(server, server)} | {delivery_cells(rs)} | {ms(med(rs, 'setup_s'))} | {len(rs)} |")
         add("")
 
     resumes = sorted(name for (k, server, name) in runs if k == "resume")

@@ -119,14 +119,7 @@ extension FrameScan {
                     continue
                 }
                 var k = j + 1 + seqPrefix.count
-                var v: Int32 = 0
-                var digits = 0
-                while k < p.count, p[k] >= UInt8(ascii: "0"), p[k] <= UInt8(ascii: "9"), digits < 9 {
-                    v = v * 10 + Int32(p[k] - UInt8(ascii: "0"))
-                    k += 1
-                    digits += 1
-                }
-                body(digits > 0 ? v : nil)
+                body(digits(p, &k, atMost: 9).map { Int32($0) })
                 from = k
             }
         }

@@ -116,14 +116,21 @@ enum FrameScan {
         let at = key.withUnsafeBytes { find(p, $0, anchor: anchor) }
         guard let at, var j = skipColon(p, at + key.count), j < p.count else { return nil }
         if p[j] == UInt8(ascii: "\"") { j += 1 }  // a ref sent as a string
+        return digits(p, &j, atMost: 18)
+    }
+
+    /// The decimal number of up to `atMost` digits at `i` (nil when there is no digit), advancing
+    /// `i` past the digits read.
+    @inline(__always)
+    static func digits(_ p: UnsafeRawBufferPointer, _ i: inout Int, atMost: Int) -> Int64? {
         var v: Int64 = 0
-        var digits = 0
-        while j < p.count, p[j] >= UInt8(ascii: "0"), p[j] <= UInt8(ascii: "9"), digits < 18 {
-            v = v * 10 + Int64(p[j] - UInt8(ascii: "0"))
-            j += 1
-            digits += 1
+        var count = 0
+        while i < p.count, p[i] >= UInt8(ascii: "0"), p[i] <= UInt8(ascii: "9"), count < atMost {
+            v = v * 10 + Int64(p[i] - UInt8(ascii: "0"))
+            i += 1
+            count += 1
         }
-        return digits > 0 ? v : nil
+        return count > 0 ? v : nil
     }
 
     /// Calls `body` with every `"created_at": "<timestamp>"` value in the frame, as microseconds
