@@ -161,15 +161,13 @@ public final class FeedReader: Sendable {
         return position
     }
 
-    /// One catch-up page for a feed: positions in (`after`, `through`] of its collection or topic.
-    public func catchUpPage(_ key: FeedKey, after: Int64, through: Int64, limit: Int = 1000) async throws -> ChangeLogReader.Page {
+    /// One page of the change log for a catch-up: positions in (`after`, `through`] within
+    /// `scope`, at most `limit`, with the prune horizon read in the same statement.
+    public func changeLogPage(
+        after: Int64, through: Int64, limit: Int, scope: ChangeLogReader.Scope
+    ) async throws -> ChangeLogReader.Page {
         try await client.withConnection { connection in
-            let scope: ChangeLogReader.Scope
-            switch key {
-            case .collection(let name, _, _): scope = .collection(name)
-            case .topic(let topic): scope = .topic(topic)
-            }
-            return try await ChangeLogReader.readPage(
+            try await ChangeLogReader.readPage(
                 connection, after: after, through: through, limit: limit, scope: scope, logger: self.logger)
         }
     }

@@ -81,6 +81,9 @@ public final class Hub: Sendable {
         state.withLockedValue { $0.ring.batches(after: after, through: through) }
     }
 
+    /// The ring holds every position after this one (through the head).
+    var ringStart: Int64 { state.withLockedValue { $0.ring.after } }
+
     /// The tail's sink: called in order on the tail's task; returns when every event loop has
     /// delivered (and flushed) the batch.
     @discardableResult
@@ -182,6 +185,7 @@ final class LoopFanout {
         subscriber.slot = -1
         subscriber.phase = .starting
         subscriber.awaitingCatchUp = false
+        subscriber.awaitingLogCatchUp = false
     }
 
     private func addLive(_ subscriber: Subscriber) {
@@ -232,16 +236,20 @@ final class LoopFanout {
     /// Queues a subscriber (phase `starting`, cursor below `head`) for the next catch-up pass,
     /// which runs once the loop has read what is ready: subscribers resuming in the same burst (a
     /// reconnect storm) share one pass over the ring instead of one each.
-    func requestCatchUp(_ subscriber: Subscriber, hub: Hub) {
+    func requestCatchUp(_ subscriber: Subscriber, environment: SyncEnvironment) {
         subscriber.awaitingCatchUp = true
         pendingCatchUps.append(subscriber)
         guard !catchUpScheduled else { return }
         catchUpScheduled = true
         let bound = NIOLoopBound(self, eventLoop: eventLoop)
-        eventLoop.execute { bound.value.runCatchUps(hub: hub) }
+        eventLoop.execute { bound.value.runCatchUps(environment: environment) }
     }
 
-    private func runCatchUps(hub: Hub) {
+    /// Cursors older than the ring: this loop's shared scan of the change log.
+    private lazy var logCatchUp = LogCatchUp(fanout: self)
+
+    private func runCatchUps(environment: SyncEnvironment) {
+        let hub = environment.hub
         catchUpScheduled = false
         let pending = pendingCatchUps
         pendingCatchUps = []
@@ -257,14 +265,13 @@ final class LoopFanout {
         }
         guard let earliest = behind.map(\.cursor).min() else { return flush() }
         guard let recent = hub.recentBatches(after: earliest, through: target) else {
-            for subscriber in behind { subscriber.connection.catchUpFromLog(subscriber) }
+            logCatchUp.add(behind, environment: environment)
             return flush()
         }
-        // Cursors older than the ring reads from the change log, page by page.
+        // Cursors older than the ring: one scan of the change log for all of them.
         let fromRing = behind.filter { $0.cursor >= recent.after }
-        for subscriber in behind where subscriber.cursor < recent.after {
-            subscriber.connection.catchUpFromLog(subscriber)
-        }
+        let fromLog = behind.filter { $0.cursor < recent.after }
+        if !fromLog.isEmpty { logCatchUp.add(fromLog, environment: environment) }
         if !fromRing.isEmpty {
             let bodies = encoder.encodeCatchUp(
                 recent.batches.joined(), through: target, feeds: fromRing.map { ($0.key, $0.cursor) })

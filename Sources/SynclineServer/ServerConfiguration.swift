@@ -33,6 +33,9 @@ public struct ServerConfiguration: Sendable {
     public var snapshotConcurrency = 4
     /// Recent changes kept in memory to serve catch-ups without reading Postgres.
     public var ringCapacity = 20_000
+    /// Change-log records read per page when cursors older than the ring catch up (one scan per
+    /// event loop serves all of them).
+    public var catchUpPageRecords = 1_000
     /// A feed's share of one batch above this restarts the feed (protocol §2).
     public var maximumFeedBatchBytes = 8 << 20
     /// Mutations one connection may have in flight (sent, not yet answered); more get

@@ -38,6 +38,9 @@ final class Subscriber {
     /// Queued for the loop's next catch-up pass; cleared when the fan-out removes the subscriber
     /// (restart, unsubscribe, close), so the pass never touches a subscriber that moved on.
     var awaitingCatchUp = false
+    /// In (or waiting for) the loop's change-log scan (`LogCatchUp`); cleared like
+    /// `awaitingCatchUp`.
+    var awaitingLogCatchUp = false
 
     init(id: String, key: FeedKey, feedID: FeedID, generation: UInt64, connection: SyncConnection) {
         self.id = id

@@ -415,7 +415,8 @@ final class SyncConnection: ChannelInboundHandler {
 
     /// Brings a subscriber from its cursor to this loop's head — from the in-memory ring when it
     /// still holds the range (in the loop's next catch-up pass, shared with every subscriber
-    /// resuming meanwhile), else from Postgres page by page — then makes it live.
+    /// resuming meanwhile), else from the loop's shared scan of the change log (`LogCatchUp`) —
+    /// then makes it live.
     private func catchUp(_ subscriber: Subscriber) {
         guard !closing, subscriber.phase == .starting else { return }
         let fanout = self.fanout
@@ -424,7 +425,7 @@ final class SyncConnection: ChannelInboundHandler {
             if awaitingDelivery { releaseOutcomes() }
             return
         }
-        fanout.requestCatchUp(subscriber, hub: environment.hub)
+        fanout.requestCatchUp(subscriber, environment: environment)
     }
 
     /// The loop's catch-up pass encoded what `subscriber` missed through `target` (the loop's
@@ -438,60 +439,22 @@ final class SyncConnection: ChannelInboundHandler {
         if awaitingDelivery { releaseOutcomes() }
     }
 
-    /// Catch-up from the change log, for a cursor older than the ring: page by page, then back
-    /// to `catchUp` for the rest.
-    func catchUpFromLog(_ subscriber: Subscriber) {
-        guard !closing, subscriber.phase == .starting, subscribers[subscriber.id] === subscriber else { return }
-        let target = fanout.head
-        let encoder = environment.hub.encoder
-        let environment = self.environment
-        let bound = self.bound
-        let loop = context.eventLoop
-        let key = subscriber.key
-        let start = subscriber.cursor
-        let boundSubscriber = NIOLoopBound(subscriber, eventLoop: loop)
-        subscriber.task = Task {
-            do {
-                var cursor = start
-                let limit = 1000
-                while cursor < target {
-                    let page = try await environment.reader.catchUpPage(key, after: cursor, through: target, limit: limit)
-                    if page.prunedThrough > cursor {
-                        loop.execute { bound.value.restart(boundSubscriber.value, reason: "history was pruned") }
-                        return
-                    }
-                    let through = page.records.count < limit ? target : page.records.last!.position
-                    let body = encoder.encodeSingle(page.records, after: cursor, through: through, key: key)
-                    if body.reset {
-                        loop.execute { bound.value.restart(boundSubscriber.value, reason: "the feed must be reloaded") }
-                        return
-                    }
-                    try await loop.flatSubmit { () -> EventLoopFuture<Void> in
-                        let connection = bound.value
-                        let subscriber = boundSubscriber.value
-                        guard subscriber.phase == .starting, !connection.closing else { return loop.makeFailedFuture(Abandoned()) }
-                        return connection.sendAndFlush(body, to: subscriber, through: through)
-                    }.get()
-                    cursor = through
-                }
-                try Task.checkCancellation()
-                let reached = cursor
-                loop.execute {
-                    let subscriber = boundSubscriber.value
-                    subscriber.cursor = max(subscriber.cursor, reached)
-                    bound.value.catchUp(subscriber)
-                }
-            } catch {
-                if Task.isCancelled || error is Abandoned { return }
-                let (code, message, retry) = SyncConnection.describe(error, logger: environment.logger)
-                loop.execute {
-                    let connection = bound.value
-                    let subscriber = boundSubscriber.value
-                    guard connection.subscribers[subscriber.id] === subscriber else { return }
-                    connection.endSubscription(subscriber, code: code, message: message, retryAfterMS: retry)
-                }
-            }
-        }
+    /// Whether `subscriber` is still this connection's (not unsubscribed, replaced or closed).
+    func owns(_ subscriber: Subscriber) -> Bool {
+        !closing && subscribers[subscriber.id] === subscriber
+    }
+
+    /// The log scan brought `subscriber` to the ring's start: the rest comes from the ring.
+    func continueCatchUp(_ subscriber: Subscriber) {
+        catchUp(subscriber)
+    }
+
+    /// The log scan could not read the change log: the subscription ends with the error (the
+    /// client may subscribe again from its cursor).
+    func catchUpFailed(_ subscriber: Subscriber, error: any Error) {
+        guard owns(subscriber) else { return }
+        let (code, message, retry) = SyncConnection.describe(error, logger: environment.logger)
+        endSubscription(subscriber, code: code, message: message, retryAfterMS: retry)
     }
 
     /// Restarts a feed from a fresh snapshot (`subscribed` with mode `reset`).
@@ -624,14 +587,6 @@ final class SyncConnection: ChannelInboundHandler {
         if let changes = body.changes {
             write(prefix: subscriber.changesPrefix, body: changes, promise: promise)
         }
-    }
-
-    /// `send`, flushed at once; the future completes when the bytes reached the socket.
-    private func sendAndFlush(_ body: FeedBody, to subscriber: Subscriber, through: Int64) -> EventLoopFuture<Void> {
-        let promise = eventLoop.makePromise(of: Void.self)
-        send(body, to: subscriber, through: through, promise: promise)
-        flushIfNeeded()
-        return promise.futureResult
     }
 
     private func write(prefix: ByteBuffer, body: ByteBuffer, promise: EventLoopPromise<Void>? = nil) {

@@ -95,6 +95,10 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("ring-capacity"), help: "Recent changes kept in memory for catch-ups.")
     var ringCapacity = 20_000
 
+    @Option(name: .customLong("catch-up-page-records"),
+            help: "Change-log records per page when cursors older than the ring catch up.")
+    var catchUpPageRecords = 1_000
+
     @Option(name: .customLong("event-loop-threads"), help: "Event loop threads (default: cores).")
     var eventLoopThreads = ProcessInfo.processInfo.activeProcessorCount
 
@@ -157,6 +161,8 @@ struct Serve: AsyncParsableCommand {
         server.heartbeatMilliseconds = heartbeatMS
         server.snapshotConcurrency = snapshotConcurrency
         server.ringCapacity = ringCapacity
+        guard catchUpPageRecords >= 1 else { throw ValidationError("--catch-up-page-records must be at least 1") }
+        server.catchUpPageRecords = catchUpPageRecords
         server.eventLoopThreads = eventLoopThreads
         server.maximumMutationsInFlight = maxMutationsInFlight
         server.mutations.maximumBatchSize = mutationBatchSize

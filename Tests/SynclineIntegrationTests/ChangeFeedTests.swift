@@ -114,6 +114,73 @@ struct ChangeFeedTests {
         }
     }
 
+    @Test("many clients resuming from cursors older than the ring share the log scan: each gets exactly its missed rows")
+    func resumeStormFromChangeLog() async throws {
+        // A one-record ring sends every resume to the change log, and three-record pages make the
+        // scan cross many pages with members on three feeds and two cursors.
+        try await TestServer.with(configure: {
+            $0.server.ringCapacity = 1
+            $0.server.catchUpPageRecords = 3
+        }) { server in
+            let feeds = [("alice", "alice-checking"), ("alice", "alice-savings"), ("bob", "bob-checking")]
+            func subscribe(_ account: String, after cursor: String? = nil) -> String {
+                var message: [String: Any] = [
+                    "type": "subscribe", "id": "t", "collection": "transactions", "where": ["account_id": account],
+                ]
+                if let cursor { message["after"] = cursor }
+                return TestClient.encode(message)
+            }
+            func insert(_ memo: String) async throws {
+                for (_, account) in feeds {
+                    try await server.database.execute(
+                        "INSERT INTO transactions (account_id, amount, memo) VALUES (\(account), 1, \(memo))")
+                }
+            }
+            // Two cohorts per feed: the early one misses 7 rows, the late one the last 4.
+            var cursors: [(sub: String, account: String, cursor: String, missed: Int)] = []
+            for (cohort, missed) in [(0, 7), (1, 4)] {
+                for (sub, account) in feeds {
+                    for _ in 0..<4 {
+                        let client = try await TestClient.open(server, sub: sub)
+                        client.send(subscribe(account))
+                        var feed = FeedCollector(sub: "t")
+                        try await feed.collect(from: client) { $0.snapshotDone }
+                        cursors.append((sub, account, try #require(feed.cursor), missed))
+                        await client.close()
+                    }
+                }
+                for n in 0..<(cohort == 0 ? 3 : 4) { try await insert("missed \(cohort)-\(n)") }
+            }
+            try await Task.sleep(for: .milliseconds(200))  // the tail moves on; the ring holds one record
+
+            // All 24 reconnect at once.
+            var clients: [TestClient] = []
+            for entry in cursors { clients.append(try await TestClient.open(server, sub: entry.sub)) }
+            for (client, entry) in zip(clients, cursors) { client.send(subscribe(entry.account, after: entry.cursor)) }
+            for (client, entry) in zip(clients, cursors) {
+                var resumed = FeedCollector(sub: "t")
+                try await resumed.collect(from: client) { $0.log.count >= entry.missed }
+                _ = try await client.drain(for: .milliseconds(200)).map { resumed.apply($0) }
+                #expect(resumed.modes == ["resume"])
+                #expect(resumed.log.count == entry.missed, "\(entry.account) from \(entry.cursor)")
+                #expect(Set(resumed.log.map(\.1)).count == entry.missed, "a row was delivered twice")
+                #expect(resumed.rows.values.allSatisfy { $0["account_id"] == .string(entry.account) })
+                let memos = resumed.rows.values.compactMap { $0["memo"]?.stringValue }
+                #expect(memos.allSatisfy { $0.hasPrefix("missed") })
+                #expect(memos.filter { $0.hasPrefix("missed 1-") }.count == 4)
+            }
+            // And every one of them is live afterwards.
+            try await insert("live")
+            for (client, entry) in zip(clients, cursors) {
+                var live = FeedCollector(sub: "t")
+                try await live.collect(from: client) { $0.log.count == 1 }
+                #expect(live.rows.values.first?["account_id"] == .string(entry.account))
+                #expect(live.rows.values.first?["memo"] == .string("live"))
+            }
+            for client in clients { await client.close() }
+        }
+    }
+
     @Test("resume after the history was pruned answers `reset` with a fresh snapshot")
     func resetAfterPrune() async throws {
         try await TestServer.with { server in

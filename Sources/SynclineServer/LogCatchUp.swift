@@ -1,0 +1,217 @@
+import NIOCore
+import SynclineCore
+import SynclinePostgres
+
+/// Catch-up from the change log for subscribers whose cursor is older than the ring: one scan per
+/// event loop, shared by every subscriber that needs it, instead of one per subscriber.
+///
+/// A server restart empties the ring, so the reconnect storm that follows a deploy lands here in
+/// full: thousands of clients, each missing the changes written while the server was down. Read
+/// per subscriber, that is clients × missed changes rows out of Postgres (each read scans its
+/// whole collection, since a feed's filter is not an index); read once, it is the missed changes
+/// plus what is delivered. Pages of the log are read in position order, encoded for every member
+/// in one pass (`FeedBatchEncoder.encodeCatchUp`) off the loop, and sent on the loop; when the
+/// scan reaches the ring, its members go back through the loop's catch-up pass, which serves the
+/// rest from memory.
+///
+/// A subscriber whose cursor is at or past the scan's position joins the running scan at its next
+/// page; an older one waits for the next scan. Between pages the scan waits until its writes have
+/// reached the sockets (or `pageWait` has passed), so one catch-up cannot pile a history into
+/// the outbound queues; a client slower than that is closed by its outbound limit (4008) and
+/// resumes from the cursor it reached.
+///
+/// Confined to its loop, like the `LoopFanout` that owns it.
+final class LogCatchUp {
+    private struct Member {
+        let subscriber: Subscriber
+        /// The subscriber's cursor when the scan last delivered to it: a member whose cursor moved
+        /// otherwise (a restart from a snapshot) has left the scan.
+        var cursor: Int64
+    }
+
+    private unowned let fanout: LoopFanout
+    /// In the scan: the page being read is encoded for exactly these.
+    private var members: [Member] = []
+    /// Arrived while a page was read, with a cursor at or past the scan's position: they join the
+    /// scan if the page ends at or below their cursor, else they wait for the next scan.
+    private var joining: [Member] = []
+    /// For the next scan, which starts from the oldest of their cursors.
+    private var waiting: [Member] = []
+    /// A page is being read, encoded or flushed.
+    private var scanning = false
+    /// Tells a page's write wait from its timeout: whichever comes second finds it changed.
+    private var pageToken: UInt64 = 0
+    /// Every member has been sent every change through this position (of its feed).
+    private var position: Int64 = 0
+    /// How long the scan waits for a page's writes to reach the sockets before reading the next.
+    static let pageWait: TimeAmount = .seconds(2)
+
+    init(fanout: LoopFanout) {
+        self.fanout = fanout
+    }
+
+    /// Subscribers in a scan or waiting for one (for tests and metrics).
+    var count: Int { members.count + joining.count + waiting.count }
+
+    /// Takes subscribers (phase `starting`) whose cursors the ring no longer reaches; those of one
+    /// catch-up pass come together, so that a storm starts one scan from the oldest cursor.
+    func add(_ subscribers: [Subscriber], environment: SyncEnvironment) {
+        for subscriber in subscribers {
+            subscriber.awaitingLogCatchUp = true
+            let member = Member(subscriber: subscriber, cursor: subscriber.cursor)
+            if scanning && subscriber.cursor >= position {
+                joining.append(member)
+            } else {
+                waiting.append(member)
+            }
+        }
+        if !scanning { nextPage(environment) }
+    }
+
+    private func isCurrent(_ member: Member) -> Bool {
+        let subscriber = member.subscriber
+        return subscriber.awaitingLogCatchUp && subscriber.phase == .starting && subscriber.cursor == member.cursor
+            && subscriber.connection.owns(subscriber)
+    }
+
+    /// Reads, encodes and sends the next page, or hands the members back to the loop's catch-up
+    /// pass once the ring reaches them.
+    private func nextPage(_ environment: SyncEnvironment) {
+        members.removeAll { !isCurrent($0) }
+        if members.isEmpty {
+            waiting.removeAll { !isCurrent($0) }
+            guard let start = waiting.map(\.cursor).min() else {
+                scanning = false
+                return
+            }
+            members = waiting
+            waiting = []
+            position = start
+        }
+        scanning = true
+        // Positions after the ring's start are served from memory by the catch-up pass.
+        let upTo = environment.hub.ringStart
+        guard position < upTo else { return handBack(environment) }
+
+        let scope = Self.scope(of: members.map(\.subscriber.key))
+        let feeds = members.map { (key: $0.subscriber.key, after: $0.cursor) }
+        let from = position
+        let limit = environment.configuration.catchUpPageRecords
+        let reader = environment.reader
+        let encoder = fanout.encoder
+        let loop = fanout.eventLoop
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        Task {
+            let result: Result<(page: ChangeLogReader.Page, through: Int64, bodies: [FeedBody]), any Error>
+            do {
+                let page = try await reader.changeLogPage(after: from, through: upTo, limit: limit, scope: scope)
+                let through = page.records.count < limit ? upTo : page.records.last!.position
+                let bodies = encoder.encodeCatchUp(page.records, through: through, feeds: feeds)
+                result = .success((page, through, bodies))
+            } catch {
+                result = .failure(error)
+            }
+            loop.execute { bound.value.delivered(result, environment: environment) }
+        }
+    }
+
+    private func delivered(
+        _ result: Result<(page: ChangeLogReader.Page, through: Int64, bodies: [FeedBody]), any Error>,
+        environment: SyncEnvironment
+    ) {
+        let scanned = members
+        members = []
+        switch result {
+        case .failure(let error):
+            waiting += joining
+            joining = []
+            // Every member read through the same connection pool: all of them get the error.
+            for member in scanned where isCurrent(member) {
+                member.subscriber.awaitingLogCatchUp = false
+                member.subscriber.connection.catchUpFailed(member.subscriber, error: error)
+            }
+            fanout.flush()
+            return nextPage(environment)
+        case .success(let (page, through, bodies)):
+            var written: [EventLoopFuture<Void>] = []
+            for (member, body) in zip(scanned, bodies) where isCurrent(member) {
+                let subscriber = member.subscriber
+                if page.prunedThrough > member.cursor || body.reset {
+                    subscriber.awaitingLogCatchUp = false
+                    subscriber.connection.restart(
+                        subscriber, reason: body.reset ? "the feed must be reloaded" : "history was pruned")
+                    continue
+                }
+                if body.messages.isEmpty && body.changes == nil {
+                    subscriber.cursor = max(subscriber.cursor, through)
+                } else {
+                    let promise = fanout.eventLoop.makePromise(of: Void.self)
+                    subscriber.connection.send(body, to: subscriber, through: through, promise: promise)
+                    written.append(promise.futureResult)
+                }
+                members.append(Member(subscriber: subscriber, cursor: subscriber.cursor))
+            }
+            position = through
+            for member in joining {
+                if member.cursor >= through { members.append(member) } else { waiting.append(member) }
+            }
+            joining = []
+            fanout.flush()
+            waitForWrites(written, environment: environment)
+        }
+    }
+
+    /// Reads the next page once the writes of this one completed (or failed: a closed connection
+    /// leaves the scan), or after `pageWait`, whichever comes first.
+    private func waitForWrites(_ written: [EventLoopFuture<Void>], environment: SyncEnvironment) {
+        guard !written.isEmpty else { return nextPage(environment) }
+        let loop = fanout.eventLoop
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        pageToken &+= 1
+        let token = pageToken
+        let timeout = loop.scheduleTask(in: Self.pageWait) {
+            bound.value.pageWritten(token, environment: environment)
+        }
+        EventLoopFuture.andAllComplete(written, on: loop).whenComplete { _ in
+            timeout.cancel()
+            bound.value.pageWritten(token, environment: environment)
+        }
+    }
+
+    private func pageWritten(_ token: UInt64, environment: SyncEnvironment) {
+        guard token == pageToken else { return }
+        pageToken &+= 1
+        nextPage(environment)
+    }
+
+    /// The scan reached the ring: its members go back through the loop's catch-up pass.
+    private func handBack(_ environment: SyncEnvironment) {
+        let finished = members
+        members = []
+        for member in finished where isCurrent(member) {
+            member.subscriber.awaitingLogCatchUp = false
+            member.subscriber.connection.continueCatchUp(member.subscriber)
+        }
+        fanout.flush()
+        nextPage(environment)
+    }
+
+    /// The narrowest log scope that covers every feed: one collection or topic when all share it.
+    static func scope(of keys: [FeedKey]) -> ChangeLogReader.Scope {
+        var scope: ChangeLogReader.Scope?
+        for key in keys {
+            let own: ChangeLogReader.Scope
+            switch key {
+            case .collection(let name, _, _): own = .collection(name)
+            case .topic(let topic): own = .topic(topic)
+            }
+            switch (scope, own) {
+            case (nil, _): scope = own
+            case (.collection(let a)?, .collection(let b)) where a == b: break
+            case (.topic(let a)?, .topic(let b)) where a == b: break
+            default: return .all
+            }
+        }
+        return scope ?? .all
+    }
+}
