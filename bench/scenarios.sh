@@ -24,11 +24,12 @@ else
         "fanout-10000x20 10000 20 0"      # S = 10k: 10,000 frames per change, burst of 20 changes
         "fanout-1000x500-r500 1000 500 500"  # the latency goal's load: 1k subscribers, 500 changes/s for 1 s
     )
-    FEEDS=("feeds-10000x10000 10000 10000 10")  # 10k feeds, one row each, 10 accounts per commit
-    # The storm is 5,000 clients × 50,000 changes: it completes since the loops catch up
-    # all queued subscribers in one pass (16.6 s by hand, with --ring-capacity 65536; see
-    # bench/README.md), but takes ~1 min per run; 1,000 × 10,000 keeps the full run in budget.
-    RESUME=("resume-1000x10000 1000 10000 1000")
+    # 10k feeds, 5 rows each, 100 accounts per commit: enough rows per subscriber that deliveries,
+    # not the fixed costs of a batch and a connection, dominate.
+    FEEDS=("feeds-10000x50000 10000 50000 100")
+    # The storm: 5,000 clients miss 50,000 changes (more than the default ring holds, so
+    # the catch-up starts in the change log); ~45 s per run, most of it the 5,000 snapshots.
+    RESUME=("resume-5000x50000 5000 50000 1000")
     # At the file limit: the server and each client process may hold 20,000 descriptors; 19,500
     # connections leave room for the server's PostgreSQL pool, listeners and logs.
     IDLE=("idle-19500 19500")

@@ -177,8 +177,11 @@ def write(runs, machine, out, plots_dir, args):
     if feed_scen:
         add("## Many feeds")
         add("")
+        per_commit = sorted({str(r.get("rows_per_commit")) for (k, _, _), rs in runs.items() if k == "feeds"
+                             for r in rs if r.get("rows_per_commit")})
+        k = " or ".join(per_commit) or "K"
         add("Each subscriber on its own account's feed (user `bench<n>`, account `bench-<n>`); the writer commits "
-            "10 rows per transaction over consecutive accounts, so every commit reaches 10 feeds. "
+            f"{k} rows per transaction over consecutive accounts, so every commit reaches {k} feeds. "
             "rows/s is the writer's.")
         add("")
         add("| scenario | server | rows/s | deliveries/s | missing | p50 ms | p99 ms | p99.9 ms | server CPU s | deliveries / server CPU-s | setup s | runs |")
