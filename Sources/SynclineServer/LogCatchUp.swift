@@ -50,9 +50,6 @@ final class LogCatchUp {
         self.fanout = fanout
     }
 
-    /// Subscribers in a scan or waiting for one (for tests and metrics).
-    var count: Int { members.count + joining.count + waiting.count }
-
     /// Takes subscribers (phase `starting`) whose cursors the ring no longer reaches; those of one
     /// catch-up pass come together, so that a storm starts one scan from the oldest cursor.
     func add(_ subscribers: [Subscriber], environment: SyncEnvironment) {
@@ -68,6 +65,9 @@ final class LogCatchUp {
         if !scanning { nextPage(environment) }
     }
 
+    /// Whether `member` still waits for this scan. The connection is asked last: a closed
+    /// connection has already ended its subscribers (flag cleared, phase `ended`), and a
+    /// subscriber's `connection` is unowned.
     private func isCurrent(_ member: Member) -> Bool {
         let subscriber = member.subscriber
         return subscriber.awaitingLogCatchUp && subscriber.phase == .starting && subscriber.cursor == member.cursor
