@@ -210,8 +210,16 @@ struct MutationTests {
             bob.send(Self.mutate(1, "test_sleep", "{\"s\":5}"))
             bob.send(Self.transfer(2, from: "bob-checking", to: "alice-checking", amount: "5"))
             #expect(try await Self.answer(blocker)["type"] == .string("ack"))
-            try await Task.sleep(for: .milliseconds(400))
-            // Kill the executor's backend while that batch is open (after the transfer ran).
+            // Wait until that batch is inside bob's sleeper (so the transfer before it ran), rather
+            // than for a fixed time, which a loaded machine can outlast or fall short of.
+            let sleeping = ContinuousClock.now + .seconds(10)
+            while try server.database.value("""
+                SELECT count(*) FROM pg_stat_activity
+                WHERE application_name = 'syncline-mutations' AND datname = current_database() AND wait_event = 'PgSleep'
+                """) != "1", ContinuousClock.now < sleeping {
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            // Kill the executor's backend while that batch is open.
             _ = try server.database.psql("""
                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity
                 WHERE application_name = 'syncline-mutations' AND datname = current_database()
