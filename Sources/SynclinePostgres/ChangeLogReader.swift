@@ -12,10 +12,25 @@ public enum ChangeLogReader {
     }
 
     /// Which log entries a reader wants: all (the tail), or those of one collection or topic.
-    public enum Scope: Sendable {
+    public enum Scope: Sendable, Equatable {
         case all
         case collection(String)
         case topic(String)
+
+        /// The narrowest scope that holds every entry of these feeds: their collection or topic
+        /// when all share one, else everything.
+        public static func covering(_ keys: [FeedKey]) -> Scope {
+            var scope: Scope?
+            for key in keys {
+                let own: Scope
+                switch key {
+                case .collection(let name, _, _): own = .collection(name)
+                case .topic(let topic): own = .topic(topic)
+                }
+                if scope == nil { scope = own } else if scope != own { return .all }
+            }
+            return scope ?? .all
+        }
     }
 
     /// Positions in (`after`, `through`], at most `limit`, in order.

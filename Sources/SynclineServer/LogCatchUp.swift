@@ -93,7 +93,7 @@ final class LogCatchUp {
         let upTo = environment.hub.ringStart
         guard position < upTo else { return handBack(environment) }
 
-        let scope = Self.scope(of: members.map(\.subscriber.key))
+        let scope = ChangeLogReader.Scope.covering(members.map(\.subscriber.key))
         let feeds = members.map { (key: $0.subscriber.key, after: $0.cursor) }
         let from = position
         let limit = environment.configuration.catchUpPageRecords
@@ -194,24 +194,5 @@ final class LogCatchUp {
         }
         fanout.flush()
         nextPage(environment)
-    }
-
-    /// The narrowest log scope that covers every feed: one collection or topic when all share it.
-    static func scope(of keys: [FeedKey]) -> ChangeLogReader.Scope {
-        var scope: ChangeLogReader.Scope?
-        for key in keys {
-            let own: ChangeLogReader.Scope
-            switch key {
-            case .collection(let name, _, _): own = .collection(name)
-            case .topic(let topic): own = .topic(topic)
-            }
-            switch (scope, own) {
-            case (nil, _): scope = own
-            case (.collection(let a)?, .collection(let b)) where a == b: break
-            case (.topic(let a)?, .topic(let b)) where a == b: break
-            default: return .all
-            }
-        }
-        return scope ?? .all
     }
 }

@@ -181,6 +181,53 @@ struct ChangeFeedTests {
         }
     }
 
+    @Test("a topic and a collection feed on one connection both resume from the change log")
+    func resumeTopicAndCollectionFromChangeLog() async throws {
+        try await TestServer.with(configure: {
+            $0.server.ringCapacity = 1
+            $0.server.catchUpPageRecords = 2
+        }) { server in
+            var client = try await TestClient.open(server, clientID: "mixed")
+            client.send(["type": "subscribe", "id": "me", "topic": "user:alice"])
+            _ = try await client.next("subscribed")
+            let topicCursor = try #require(try await client.next("snapshot")["cursor"]?.stringValue)
+            client.send(Self.subscribeChecking)
+            var feed = FeedCollector(sub: "t")
+            try await feed.collect(from: client) { $0.snapshotDone }
+            let feedCursor = try #require(feed.cursor)
+            await client.close()
+
+            for n in 1...3 {
+                try await server.database.execute(
+                    "SELECT syncline.publish('user:alice', jsonb_build_object('n', \(n)))",
+                    "INSERT INTO transactions (account_id, amount, memo) VALUES ('alice-checking', \(n), 'missed')")
+            }
+            try await Task.sleep(for: .milliseconds(200))
+
+            client = try await TestClient.open(server, clientID: "mixed")
+            client.send(TestClient.encode(["type": "subscribe", "id": "me", "topic": "user:alice", "after": topicCursor]))
+            client.send(TestClient.encode([
+                "type": "subscribe", "id": "t", "collection": "transactions", "where": ["account_id": "alice-checking"], "after": feedCursor,
+            ]))
+            var resumed = FeedCollector(sub: "t")
+            var payloads: [String] = []
+            let deadline = ContinuousClock.now + .seconds(20)
+            while resumed.log.count < 3 || payloads.count < 3, ContinuousClock.now < deadline {
+                let message = try await client.next(timeout: .seconds(5))
+                if message["type"]?.stringValue == "message" { payloads.append(message["payload"]?.jsonText ?? "") }
+                resumed.apply(message)
+            }
+            for message in try await client.drain(for: .milliseconds(300)) {
+                if message["type"]?.stringValue == "message" { payloads.append(message["payload"]?.jsonText ?? "") }
+                resumed.apply(message)
+            }
+            #expect(payloads == [#"{"n":1}"#, #"{"n":2}"#, #"{"n":3}"#])
+            #expect(resumed.log.count == 3)
+            #expect(resumed.rows.values.allSatisfy { $0["memo"] == .string("missed") })
+            await client.close()
+        }
+    }
+
     @Test("resume after the history was pruned answers `reset` with a fresh snapshot")
     func resetAfterPrune() async throws {
         try await TestServer.with { server in

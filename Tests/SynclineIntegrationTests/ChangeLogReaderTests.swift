@@ -2,9 +2,9 @@
 import SynclineCore
 import Testing
 
-/// Page trimming by size: the tail's batches end on a transaction boundary once their rows pass
-/// the byte limit.
-@Suite("ChangeLogReader page size")
+/// Page trimming by size (the tail's batches end on a transaction boundary once their rows pass
+/// the byte limit) and the scope a shared catch-up reads.
+@Suite("ChangeLogReader pages and scopes")
 struct ChangeLogReaderTests {
     private func record(_ position: Int64, transaction: UInt64, bytes: Int) -> ChangeRecord {
         ChangeRecord(position: position, transaction: transaction, operation: .insert, collection: "t", topic: nil,
@@ -28,5 +28,16 @@ struct ChangeLogReaderTests {
         #expect(ChangeLogReader.transactionEndPastByteLimit(records, byteLimit: 1_000) == 3)
         // One record alone over the limit is still delivered, with its transaction.
         #expect(ChangeLogReader.transactionEndPastByteLimit(records, byteLimit: 10) == 0)
+    }
+
+    @Test func scopeCoveringFeeds() {
+        let checking = FeedKey.collection("transactions", filter: ["account_id": .string("alice-checking")])
+        let savings = FeedKey.collection("transactions", filter: ["account_id": .string("alice-savings")])
+        #expect(ChangeLogReader.Scope.covering([checking, savings]) == .collection("transactions"))
+        #expect(ChangeLogReader.Scope.covering([.topic("user:alice"), .topic("user:alice")]) == .topic("user:alice"))
+        #expect(ChangeLogReader.Scope.covering([checking, .topic("user:alice")]) == .all)
+        #expect(ChangeLogReader.Scope.covering([checking, FeedKey.collection("accounts", filter: [:])]) == .all)
+        #expect(ChangeLogReader.Scope.covering([.topic("a"), .topic("b")]) == .all)
+        #expect(ChangeLogReader.Scope.covering([]) == .all)
     }
 }
