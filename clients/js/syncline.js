@@ -363,6 +363,7 @@ export class SyncCore {
     this.maxInFlight = o.maxInFlight || 64;
     const st = o.stored || {};
     this.out = [];
+    this.idSeq = 0;
     this.ticket = 0;
     this.persistedTicket = 0;
     this.clientId = st.clientId || "web-" + randomHex(20, this.random);
@@ -999,7 +1000,7 @@ export class SyncCore {
       const same = this.queue.concat(this.decided).find((m) => m.origin && m.origin.page === origin.page && m.origin.req === origin.req);
       if (same) { this._emit({ type: "accepted", id: same.id, mid: same.mid, origin }); return { id: same.id, mid: same.mid, actions: this._take() }; }
     }
-    const m = { id: randomHex(16, this.random), mid: this.nextMid++, name, args: args ?? {}, origin, ticket: 0, sent: false, sentGen: null, earlier: false };
+    const m = { id: `${this.now().toString(36)}-${++this.idSeq}-${randomHex(8, this.random)}`, mid: this.nextMid++, name, args: args ?? {}, origin, ticket: 0, sent: false, sentGen: null, earlier: false };
     m.ticket = this._persist([["putMutation", this._record(m)], ["meta", { clientId: this.clientId, nextMid: this.nextMid }]]);
     this.queue.push(m);
     this._publish(new Map());
