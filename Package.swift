@@ -27,6 +27,8 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/swift-websocket.git", from: "1.6.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.0.0"),
+        // Already used by jwt-kit; the server hashes static files with it (ETags).
+        .package(url: "https://github.com/apple/swift-crypto.git", "4.1.0"..<"6.0.0"),
     ],
     targets: [
         // Wire types, cursors and codes. No I/O; shared with clients.
@@ -53,13 +55,25 @@ let package = Package(
         ),
         // System zlib (Debian: zlib1g-dev) for permessage-deflate.
         .systemLibrary(name: "CZlib", path: "Sources/CZlib", providers: [.apt(["zlib1g-dev"])]),
+        // The browser client (clients/js/syncline.js and .d.ts), shipped as resources so that
+        // `syncline serve` serves it at /client/. Resources must live in their target's folder.
+        .target(
+            name: "SynclineWebClient",
+            path: "clients/js",
+            exclude: ["README.md", "test"],
+            sources: ["SynclineWebClient.swift"],
+            resources: [.copy("syncline.js"), .copy("syncline.d.ts")],
+            swiftSettings: strict
+        ),
         // HTTP routes, the WebSocket endpoint, auth, fan-out, metrics, lifecycle.
         .target(
             name: "SynclineServer",
             dependencies: [
                 "SynclineCore",
                 "SynclinePostgres",
+                "SynclineWebClient",
                 "CZlib",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -71,7 +85,7 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ],
-            resources: [.copy("Resources/dashboard.html")],
+            resources: [.copy("Resources/dashboard.html"), .copy("Resources/dashboard-sw.js")],
             swiftSettings: strict
         ),
         .executableTarget(
