@@ -357,6 +357,7 @@ export class SyncCore {
     this.now = o.now || (() => Date.now());
     this.random = o.random || Math.random;
     this.mutators = o.mutators || {};
+    this.mutatorsFn = o.mutatorsFn || null;
     this.keyCols = Object.assign({}, o.keys || {});
     this.backoff = { baseMs: 250, capMs: 10_000, ...(o.backoff || {}) };
     this.heartbeatOverride = o.heartbeatMs;
@@ -800,12 +801,16 @@ export class SyncCore {
     if (had && had.length === cols.length && had.every((c, i) => c === cols[i])) return;
     this.keyCols[collection] = cols;
     // Re-key what we hold for this collection under the columns the server uses.
+    const changed = new Map();
     for (const f of this.feeds.values()) {
       if (f.spec.collection !== collection) continue;
       const base = new Map();
-      for (const row of f.base.values()) base.set(keyString(pick(row, cols)), row);
+      let moved = false;
+      for (const [k, row] of f.base) { const nk = keyString(pick(row, cols)); if (nk !== k) moved = true; base.set(nk, row); }
       f.base = base;
+      if (moved) changed.set(f, "all");
     }
+    if (changed.size) this._publish(changed);
   }
 
   _keyColsOf(collection, row) {
@@ -890,7 +895,7 @@ export class SyncCore {
     const work = new Map();
     const core = this;
     for (const m of this._overlayList()) {
-      const fn = this.mutators[m.name];
+      const fn = (this.mutatorsFn ? this.mutatorsFn() : this.mutators)[m.name];
       if (typeof fn !== "function") continue;
       const stage = new Map();
       let inserted = 0;
@@ -912,7 +917,7 @@ export class SyncCore {
         },
         insert(c, row) {
           const r = { ...row };
-          const cols = core._keyColsOf(c, r);
+          const cols = core.keyCols[c] || ["id"];
           if (cols.some((col) => r[col] === undefined)) {
             if (cols.length === 1) r[cols[0]] = `pending:${m.mid}:${++inserted}`;
             else throw new SynclineError("invalid", `insert into ${c} needs its key columns ${cols.join(", ")}`);
@@ -971,10 +976,11 @@ export class SyncCore {
           if (v !== undefined || f.base.has(k)) pending.add(k);
         } else v = f.base.get(k);
         const old = f.view.get(k);
+        // The change's key is the view's own key string parsed back, so mirrors stay in step.
         if (v === undefined) {
-          if (old !== undefined) { f.view.delete(k); changes.push({ op: "delete", key: pick(old, this._keyColsOf(coll, old)), row: null }); }
-        } else if (old === undefined) { f.view.set(k, v); changes.push({ op: "insert", key: pick(v, this._keyColsOf(coll, v)), row: v }); }
-        else if (!rowEq(old, v)) { f.view.set(k, v); changes.push({ op: "update", key: pick(v, this._keyColsOf(coll, v)), row: v }); }
+          if (old !== undefined) { f.view.delete(k); changes.push({ op: "delete", key: parseJSON(k), row: null }); }
+        } else if (old === undefined) { f.view.set(k, v); changes.push({ op: "insert", key: parseJSON(k), row: v }); }
+        else if (!rowEq(old, v)) { f.view.set(k, v); changes.push({ op: "update", key: parseJSON(k), row: v }); }
         else if (old !== v) f.view.set(k, v);
       }
       const pendingChanged = pending.size !== f.pending.size || [...pending].some((k) => !f.pending.has(k));
@@ -1498,26 +1504,28 @@ class Client extends Emitter {
     }
     rememberUser(this.url, user);
     this._ns = "syncline:" + (this.options.name || `${this.url}|${user}`);
-    const tabs = this._storage === "indexeddb" && typeof navigator !== "undefined" && navigator.locks && typeof BroadcastChannel !== "undefined";
-    if (!tabs) { await this._lead(token); return; }
-    this._channel = new BroadcastChannel(this._ns);
+    const locks = this.options.locks || (typeof navigator !== "undefined" && navigator.locks);
+    const BC = this.options.BroadcastChannel || (typeof BroadcastChannel !== "undefined" ? BroadcastChannel : null);
+    const shared = this._storage === "indexeddb" || typeof this._storage === "object";
+    if (!shared || !locks || !BC) { await this._lead(token); return; }
+    this._channel = new BC(this._ns);
     this._channel.onmessage = (e) => this._onChannel(e.data);
     this._role = "follower";
     this._post({ t: "hello", from: this._page });
     this._bye = () => { if (this._role === "follower") this._post({ t: "bye", from: this._page }); };
     if (typeof addEventListener === "function") addEventListener("pagehide", this._bye);
-    navigator.locks.request(this._ns, { mode: "exclusive" }, () => {
+    locks.request(this._ns, { mode: "exclusive" }, () => {
       if (this._closed) return undefined;
       return new Promise((release) => { this._releaseLock = release; this._lead(token).catch((e) => this._fire("error", errorFrom(e))); });
     });
   }
 
   async _lead(token) {
-    const store = this._storage === "indexeddb" ? new IndexedDbStore(this._ns) : new MemoryStore();
+    const store = typeof this._storage === "object" ? this._storage : this._storage === "indexeddb" ? new IndexedDbStore(this._ns) : new MemoryStore();
     this._store = store;
     const stored = await store.load();
     if (this._closed) return;
-    const core = new SyncCore({ stored, mutators: this.mutators, keys: this.options.keys, backoff: this.options.backoff, heartbeatMs: this.options.heartbeatMs });
+    const core = new SyncCore({ stored, mutatorsFn: () => this.mutators, keys: this.options.keys, backoff: this.options.backoff, heartbeatMs: this.options.heartbeatMs });
     this._engine = new Engine({ url: this.url, getToken: this.options.getToken, store, core, onAction: (a) => this._onAction(a), WebSocketImpl: this.options.WebSocket });
     this._role = "leader";
     this.status = { ...this.status, leader: true };
@@ -1692,7 +1700,7 @@ class Client extends Emitter {
   _closeLocal() {
     if (this._closed) return;
     this._closed = true;
-    if (this._engine) this._engine.stop();
+    if (this._engine && !this._engine.stopped) this._engine.stop();
     if (this._releaseLock) this._releaseLock();
     if (this._channel) { this._channel.close(); this._channel = null; }
     if (this._bye && typeof removeEventListener === "function") removeEventListener("pagehide", this._bye);
@@ -1710,11 +1718,11 @@ class Client extends Emitter {
     await this._started;
     forgetUser(this.url);
     if (this._role === "leader") {
-      const store = this._store;
-      this._closeLocalKeepChannel();
-      if (store) await store.wipe();
+      // Wipe while holding the lock, so no other tab opens the store meanwhile.
+      if (this._engine) this._engine.stop();
+      if (this._store) await this._store.wipe();
       this._post({ t: "loggedOut" });
-      if (this._channel) { this._channel.close(); this._channel = null; }
+      this._closeLocal();
       return;
     }
     if (this._role === "follower" && this._channel) {
@@ -1723,15 +1731,9 @@ class Client extends Emitter {
       await done;
     }
     this._closeLocal();
-    if (typeof indexedDB !== "undefined" && this._ns) await new IndexedDbStore(this._ns).wipe();
+    if (this._storage === "indexeddb" && typeof indexedDB !== "undefined" && this._ns) await new IndexedDbStore(this._ns).wipe();
   }
 
-  _closeLocalKeepChannel() {
-    const ch = this._channel;
-    this._channel = null;
-    this._closeLocal();
-    this._channel = ch;
-  }
 }
 
 function lastUser(url) {
