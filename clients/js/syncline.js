@@ -440,9 +440,10 @@ export class SyncCore {
     return this._take();
   }
 
-  _connect() {
+  /** @param {boolean} [fresh] the token was just fetched: use it even if it looks expired (the server decides). */
+  _connect(fresh = false) {
     if (this.stopped) return;
-    if (!this.token || (this.tokenExpMs !== null && this.tokenExpMs - this.now() < 5_000)) {
+    if (!this.token || (!fresh && this.tokenExpMs !== null && this.tokenExpMs - this.now() < 5_000)) {
       this.phase = "token";
       this._fetchToken("connect");
       return;
@@ -463,7 +464,8 @@ export class SyncCore {
     this.token = token;
     const claims = decodeToken(token);
     this.tokenExpMs = claims && typeof claims.exp === "number" ? claims.exp * 1000 : null;
-    if (this.tokenExpMs !== null) this._timer("token", tokenRefreshDelay(this.tokenExpMs, this.now()));
+    // A token that is (nearly) expired already is not refetched in a loop: at most every 5 s.
+    if (this.tokenExpMs !== null) this._timer("token", Math.max(tokenRefreshDelay(this.tokenExpMs, this.now()), this.tokenExpMs - this.now() < 5_000 ? 5_000 : 1_000));
   }
 
   /** getToken() resolved. */
@@ -474,7 +476,7 @@ export class SyncCore {
     if (this.stopped) return this._take();
     this._takeToken(token);
     if (this.phase === "open") this._send({ type: "auth", token });
-    if (why === "connect" && this.phase === "token") this._connect();
+    if (why === "connect" && this.phase === "token") this._connect(true);
     this._status();
     return this._take();
   }
