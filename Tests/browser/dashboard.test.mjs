@@ -20,6 +20,36 @@ const BACKOFF_CAP_MS = 10000;
 let h;
 let main;  // the alice dashboard tab most scenarios use
 
+/**
+ * SYNCLINE_BROWSER_FAULT=<name> breaks one part on purpose, to see the scenarios meant to catch
+ * it fail (the test of the test): double-effect, no-effect (s2, s3), no-service-worker (s4),
+ * duplicate-row (s5), broken-snippet (s7).
+ */
+const FAULT = process.env.SYNCLINE_BROWSER_FAULT ?? "";
+const faults = {
+  "double-effect": (page) => page.evaluate(() => {
+    const c = window.synclineClient, f = c.mutators.transfer;
+    c.mutators.transfer = (rows, args) => { f(rows, args); f(rows, args); };
+  }),
+  "no-effect": (page) => page.evaluate(() => { window.synclineClient.mutators.transfer = () => {}; }),
+  "no-service-worker": (page) => page.evaluate(async () => {
+    for (const r of await navigator.serviceWorker.getRegistrations()) await r.unregister();
+  }),
+  "duplicate-row": (page, memo) => page.evaluate((m) => {
+    new MutationObserver((_, obs) => {
+      const tr = [...document.querySelectorAll("#transactions tr[data-key]")].find((r) => r.querySelector(".memo")?.textContent === m);
+      if (tr) { obs.disconnect(); tr.after(tr.cloneNode(true)); }
+    }).observe(document, { subtree: true, childList: true, characterData: true });
+  }, memo),
+  "broken-snippet": () => {},
+};
+if (FAULT && !faults[FAULT]) throw new Error(`unknown SYNCLINE_BROWSER_FAULT ${FAULT}; known: ${Object.keys(faults).join(", ")}`);
+async function inject(name, ...args) {
+  if (FAULT !== name) return;
+  console.log(`FAULT INJECTED: ${name}`);
+  await faults[name](...args);
+}
+
 /** Runs a scenario; on failure, screenshots every open tab and saves its console before rethrowing. */
 async function scenario(name, fn) {
   if (!h) throw new Error("harness did not start");
@@ -32,6 +62,9 @@ async function scenario(name, fn) {
       await h.shot(p, `${name}-FAILED-tab${i}`);
       writeFileSync(join(outputDirectory, `${name}-FAILED-tab${i}-console.txt`), p.console.join("\n") + "\n");
     }
+    // The next scenario starts from a fresh tab, not from whatever state this one left.
+    if (main && !main.closed) await main.close().catch(() => {});
+    main = undefined;
     throw e;
   }
 }
@@ -40,6 +73,8 @@ async function mainPage() {
   if (!main || main.closed) {
     main = await h.openPage("/?user=alice");
     await h.waitStatus(main, "live", 30000);
+    await inject("double-effect", main);
+    await inject("no-effect", main);
   }
   return main;
 }
@@ -243,6 +278,7 @@ describe("dashboard in headless Chromium", { timeout: 15 * 60 * 1000 }, () => {
     scenario("s4", async () => {
       const page = await mainPage();
       const memo = h.memo("s4");
+      await inject("no-service-worker", page);
       const stopped = Date.now();
       await h.server.stop();
       await waitStatusSince(page, "offline", stopped);
@@ -253,6 +289,7 @@ describe("dashboard in headless Chromium", { timeout: 15 * 60 * 1000 }, () => {
       await page.reload();
       const afterReload = await page.evaluate(() => ({ href: location.href, sw: !!navigator.serviceWorker?.controller }));
       assert.ok(afterReload.href.startsWith(h.origin), `reloaded from the service worker (at ${afterReload.href})`);
+      assert.ok(afterReload.sw, "the reloaded page is controlled by the service worker");
       await page.waitFor("accounts shown from the store while offline",
         () => document.querySelectorAll("[data-account] .balance").length > 0, { timeoutMs: 15000 });
       await waitPending(page, 1);
@@ -278,11 +315,13 @@ describe("dashboard in headless Chromium", { timeout: 15 * 60 * 1000 }, () => {
       await h.server.stop();
       await waitStatusSince(page, "offline", stopped);
       const memos = Array.from({ length: OFFLINE_ROWS }, (_, i) => h.memo(`s5-${i}`));
+      await inject("duplicate-row", page, memos[7]);
       // One statement per row, each its own commit.
       h.pg.psql(memos.map((m) => `INSERT INTO public.transactions (account_id, amount, memo) VALUES ('alice-savings', 0.01, '${m}');`).join("\n"));
       await h.shot(page, "s5-offline-rows-committed");
       const ready = await h.server.start();
-      await waitStatusSince(page, "live", ready, BACKOFF_CAP_MS + 20000);
+      const live = await waitStatusSince(page, "live", ready, BACKOFF_CAP_MS + 20000);
+      h.report(`serve ready → page live (${OFFLINE_ROWS} rows to catch up): ${(live - ready).toFixed(0)} ms`);
       await page.waitFor(`${OFFLINE_ROWS} offline rows on the page`, (ms) => {
         const shown = new Set([...document.querySelectorAll("#transactions tr[data-key] .memo")].map((e) => e.textContent.trim()));
         return ms.every((m) => shown.has(m));
@@ -323,7 +362,8 @@ describe("dashboard in headless Chromium", { timeout: 15 * 60 * 1000 }, () => {
       await h.shot(b, "s6-second-tab-leads");
       assert.equal(h.countMemo(memo), 0, "nothing applied while the server is down");
       const ready = await h.server.start();
-      await waitStatusSince(b, "live", ready, BACKOFF_CAP_MS + 20000);
+      const live = await waitStatusSince(b, "live", ready, BACKOFF_CAP_MS + 20000);
+      h.report(`serve ready → the new leader tab live: ${(live - ready).toFixed(0)} ms`);
       await waitDB(`the transfer ${memo}`, () => h.countMemo(memo, { debits: true }) >= 1);
       await waitPending(b, 0);
       await sleep(1000);
@@ -338,7 +378,10 @@ describe("dashboard in headless Chromium", { timeout: 15 * 60 * 1000 }, () => {
       // Alone in the browser, so the snippet's page leads its own connection.
       for (const p of h.pages) if (!p.closed) await p.close();
       main = undefined;
-      h.writeStatic("snippet.html", h.readmeSnippet());
+      let snippet = h.readmeSnippet();
+      await inject("broken-snippet");
+      if (FAULT === "broken-snippet") snippet = snippet.replace('"/client/syncline.js"', '"/client/missing.js"');
+      h.writeStatic("snippet.html", snippet);
       const page = await h.openPage("/app/snippet.html");
       await page.waitFor("#snippet-status live",
         () => /\blive\b/.test(document.getElementById("snippet-status")?.textContent ?? ""), { timeoutMs: 30000 });

@@ -25,7 +25,7 @@ export class Harness {
     const h = new Harness();
     rmSync(outputDirectory, { recursive: true, force: true });
     mkdirSync(outputDirectory, { recursive: true });
-    console.log(`# browser test output (screenshots, server log): ${outputDirectory}`);
+    console.log(`browser test output (screenshots, server log): ${outputDirectory}`);
     // Interrupted (Ctrl-C, CI timeout): leave no cluster, server or browser behind.
     for (const signal of ["SIGINT", "SIGTERM"]) {
       process.once(signal, () => { h.stop().finally(() => process.exit(130)); });
@@ -70,7 +70,7 @@ export class Harness {
 
   /** Appends a line to the measurements file and prints it as a TAP comment. */
   report(line) {
-    console.log(`# ${line}`);
+    console.log(line);
     writeFileSync(join(outputDirectory, "measurements.txt"), line + "\n", { flag: "a" });
   }
 
