@@ -29,6 +29,8 @@ let package = Package(
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.0.0"),
         .package(url: "https://github.com/vapor/sqlite-nio.git", from: "1.13.0"),
+        // Already used by jwt-kit; the server hashes static files with it (ETags).
+        .package(url: "https://github.com/apple/swift-crypto.git", "4.1.0"..<"6.0.0"),
     ],
     targets: [
         // Wire types, cursors and codes. No I/O; shared with clients.
@@ -55,13 +57,25 @@ let package = Package(
         ),
         // System zlib (Debian: zlib1g-dev) for permessage-deflate.
         .systemLibrary(name: "CZlib", path: "Sources/CZlib", providers: [.apt(["zlib1g-dev"])]),
+        // The browser client (clients/js/syncline.js and .d.ts), shipped as resources so that
+        // `syncline serve` serves it at /client/. Resources must live in their target's folder.
+        .target(
+            name: "SynclineWebClient",
+            path: "clients/js",
+            exclude: ["README.md", "test"],
+            sources: ["SynclineWebClient.swift"],
+            resources: [.copy("syncline.js"), .copy("syncline.d.ts")],
+            swiftSettings: strict
+        ),
         // HTTP routes, the WebSocket endpoint, auth, fan-out, metrics, lifecycle.
         .target(
             name: "SynclineServer",
             dependencies: [
                 "SynclineCore",
                 "SynclinePostgres",
+                "SynclineWebClient",
                 "CZlib",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -73,7 +87,7 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ],
-            resources: [.copy("Resources/dashboard.html")],
+            resources: [.copy("Resources/dashboard.html"), .copy("Resources/dashboard-sw.js")],
             swiftSettings: strict
         ),
         // The Swift client SDK: an I/O-free core (ClientCore) and its shell (WebSocket, SQLite store).

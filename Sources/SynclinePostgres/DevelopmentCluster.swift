@@ -5,7 +5,9 @@ import Logging
 /// `pg_ctl start` on a free loopback port, stopped again with the server.
 ///
 /// PostgreSQL refuses to run as root, so as root every cluster command runs as the `postgres`
-/// user through `runuser`, and the folder is handed to that user.
+/// user through `runuser`, and the folder is handed to that user. When that user cannot reach the
+/// folder (a clone under root's 0700 home), the cluster's files live under
+/// `/var/lib/syncline/<hash of the folder>` instead, linked from the folder (see `ClusterHome`).
 public struct DevelopmentCluster: Sendable {
     public struct Configuration: Sendable {
         /// Folder holding `data/`, the log and `postgres.url`.
@@ -31,21 +33,23 @@ public struct DevelopmentCluster: Sendable {
     public var username: String { "syncline" }
     public var url: String { "postgres://\(username)@\(host):\(port)/\(configuration.database)" }
 
-    private var dataDirectory: String { configuration.directory + "/data" }
+    /// Where the cluster's files are: `configuration.directory`, or the folder under
+    /// `/var/lib/syncline` used when the `postgres` user cannot reach it.
+    public let home: String
+    /// The cluster's data directory (`home/data`).
+    public var dataDirectory: String { home + "/data" }
 
     /// Creates (if needed) and starts the cluster, or attaches to it if it already runs.
     public static func start(_ configuration: Configuration, logger: Logger) throws -> DevelopmentCluster {
         var configuration = configuration
         configuration.directory = URL(fileURLWithPath: configuration.directory).standardizedFileURL.path
         let fm = FileManager.default
-        let dir = configuration.directory
-        let data = dir + "/data"
         let bin = try binDirectory()
-        try fm.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try fm.createDirectory(atPath: configuration.directory, withIntermediateDirectories: true)
         let asRoot = geteuid() == 0
-        if asRoot {
-            try run("/bin/chown", ["-R", "postgres:postgres", dir], logger: logger)
-        }
+        // Data, socket and log go where the cluster's user can reach them.
+        let dir = try ClusterHome.prepare(for: configuration.directory, asRoot: asRoot, logger: logger)
+        let data = dir + "/data"
         if !fm.fileExists(atPath: data + "/PG_VERSION") {
             logger.info("initializing a development PostgreSQL cluster", metadata: ["directory": "\(data)"])
             try runPostgres(bin + "/initdb", ["-D", data, "-U", "syncline", "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"],
@@ -53,7 +57,7 @@ public struct DevelopmentCluster: Sendable {
         }
         if let running = runningPort(data: data) {
             logger.info("attaching to the running development cluster", metadata: ["port": "\(running)"])
-            let cluster = DevelopmentCluster(configuration: configuration, port: running, startedHere: false)
+            let cluster = DevelopmentCluster(configuration: configuration, port: running, startedHere: false, home: dir)
             try cluster.createDatabase(configuration.database, bin: bin, logger: logger)
             try cluster.writeURL()
             return cluster
@@ -65,7 +69,7 @@ public struct DevelopmentCluster: Sendable {
         try runPostgres(bin + "/pg_ctl", ["-D", data, "-l", dir + "/postgres.log", "-w", "-t", "60",
                                           "-o", options.joined(separator: " "), "start"],
                         asRoot: asRoot, logger: logger)
-        let cluster = DevelopmentCluster(configuration: configuration, port: port, startedHere: true)
+        let cluster = DevelopmentCluster(configuration: configuration, port: port, startedHere: true, home: dir)
         try cluster.createDatabase(configuration.database, bin: bin, logger: logger)
         try cluster.writeURL()
         logger.info("development PostgreSQL running", metadata: ["url": "\(cluster.url)"])
@@ -152,7 +156,7 @@ public struct DevelopmentCluster: Sendable {
         return Int(UInt16(bigEndian: addr.sin_port))
     }
 
-    private static func runPostgres(_ tool: String, _ args: [String], asRoot: Bool, logger: Logger) throws {
+    static func runPostgres(_ tool: String, _ args: [String], asRoot: Bool, logger: Logger) throws {
         if asRoot {
             _ = try run("/usr/sbin/runuser", ["-u", "postgres", "--", tool] + args, logger: logger)
         } else {

@@ -7,7 +7,7 @@ import ServiceLifecycle
 import SynclineCore
 import SynclineProtocol
 
-/// Decides mutations with group commit (design.md, invariant 6).
+/// Decides mutations with group commit (docs/design.md, invariant 6).
 ///
 /// Each lane owns one Postgres connection and runs one batch at a time: it takes whatever queued
 /// while the previous batch committed (no timer) — up to `maximumBatchSize` mutations, below

@@ -12,26 +12,31 @@ final class UpgradeDecision {
     var deflate: PerMessageDeflateParameters?
 }
 
-/// The plain HTTP routes beside `/v1/sync`: health, readiness, metrics, the demo dashboard and demo
-/// tokens. A small NIOHTTP1 handler rather than a framework: it shares the port with the WebSocket
-/// upgrade, which stays on the hot path (see docs/adr/0002).
+/// The plain HTTP routes beside `/v1/sync`: health, readiness, metrics, demo tokens, and the
+/// static files (`StaticAssets`: the client library, the demo dashboard, `--static-dir`). A small
+/// NIOHTTP1 handler rather than a framework: it shares the port with the WebSocket upgrade, which
+/// stays on the hot path (see docs/adr/0002). NIO's pipeline handler holds a pipelined request back
+/// until the previous response has ended, so the per-request fields stay right across the
+/// asynchronous answers (demo tokens, `--static-dir` files).
 final class HTTPRouter: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
     private let environment: SyncEnvironment
     private let decision: NIOLoopBound<UpgradeDecision>
-    private let dashboard: ByteBuffer?
+    private let assets: StaticAssets
     private var head: HTTPRequestHead?
+    /// A `HEAD` request: its response carries the headers of a `GET`, and no body.
+    private var headOnly = false
     private var bodyBytes = 0
     /// Whether the current request lets the connection stay open (HTTP/1.1 default, or
     /// HTTP/1.0 with `keep-alive`); `Connection: close` is honoured after the response.
     private var keepAlive = true
 
-    init(environment: SyncEnvironment, decision: NIOLoopBound<UpgradeDecision>, dashboard: ByteBuffer?) {
+    init(environment: SyncEnvironment, decision: NIOLoopBound<UpgradeDecision>, assets: StaticAssets) {
         self.environment = environment
         self.decision = decision
-        self.dashboard = dashboard
+        self.assets = assets
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -39,6 +44,7 @@ final class HTTPRouter: ChannelInboundHandler, RemovableChannelHandler {
         case .head(let head):
             self.head = head
             keepAlive = head.isKeepAlive
+            headOnly = head.method == .HEAD
             bodyBytes = 0
         case .body(let body):
             bodyBytes += body.readableBytes
@@ -62,6 +68,12 @@ final class HTTPRouter: ChannelInboundHandler, RemovableChannelHandler {
         guard head.method == .GET || head.method == .HEAD else {
             return respond(context, .methodNotAllowed, json: error("method_not_allowed", "only GET is served"))
         }
+        if let asset = assets.asset(at: path) {
+            return respond(context, asset, request: head)
+        }
+        if path.hasPrefix("/app/"), let directory = assets.directory {
+            return serveFile(context, String(path.dropFirst(5)), from: directory, request: head)
+        }
         switch path {
         case "/v1/sync":
             if let (status, code, message) = decision.value.refusal {
@@ -83,12 +95,8 @@ final class HTTPRouter: ChannelInboundHandler, RemovableChannelHandler {
             var out: [UInt8] = []
             SynclineMetrics.registry.emit(into: &out)
             respond(context, .ok, body: context.channel.allocator.buffer(bytes: out), contentType: "text/plain; version=0.0.4")
-        case "/":
-            if let dashboard {
-                respond(context, .ok, body: dashboard, contentType: "text/html; charset=utf-8")
-            } else {
-                respond(context, .ok, json: "{\"server\":\(JSONValue.quoted(SynclineServer.serverName)),\"endpoint\":\"/v1/sync\"}")
-            }
+        case "/":  // with --demo, the dashboard (an asset)
+            respond(context, .ok, json: "{\"server\":\(JSONValue.quoted(SynclineServer.serverName)),\"endpoint\":\"/v1/sync\"}")
         case "/demo/token" where environment.configuration.demo:
             let sub = query["sub"] ?? "alice"
             guard (1...64).contains(sub.utf8.count), sub.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-") }) else {
@@ -115,21 +123,58 @@ final class HTTPRouter: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
+    /// A static file: `304` when the client's copy is current, else the file; both with the ETag
+    /// and `no-cache` (use it, but revalidate first).
+    private func respond(_ context: ChannelHandlerContext, _ asset: StaticAsset, request: HTTPRequestHead) {
+        let validators = [("ETag", asset.etag), ("X-Content-Type-Options", "nosniff")]
+        if asset.isCurrent(for: request.headers) {
+            respond(context, .notModified, body: nil, contentType: asset.contentType, cacheControl: "no-cache", extraHeaders: validators)
+        } else {
+            respond(context, .ok, body: asset.body, contentType: asset.contentType, cacheControl: "no-cache", extraHeaders: validators)
+        }
+    }
+
+    /// A file of `--static-dir`, read off the event loop.
+    private func serveFile(_ context: ChannelHandlerContext, _ relative: String, from directory: StaticDirectory,
+                           request: HTTPRequestHead) {
+        let loop = context.eventLoop
+        let bound = NIOLoopBound((self, context), eventLoop: loop)
+        Task {
+            let outcome = directory.read(relative)
+            loop.execute {
+                let (router, context) = bound.value
+                switch outcome {
+                case .file(let asset):
+                    router.respond(context, asset, request: request)
+                case .notFound:
+                    router.respond(context, .notFound, json: router.error("not_found", "no file /app/\(relative)"))
+                case .tooLarge:
+                    router.respond(context, .notFound, json: router.error(
+                        "not_found", "/app/\(relative) is larger than --static-max-file-bytes (\(directory.maximumFileBytes))"))
+                }
+            }
+        }
+    }
+
     private func respond(_ context: ChannelHandlerContext, _ status: HTTPResponseStatus, json: String, close: Bool = false,
                          extraHeaders: [(String, String)] = []) {
         respond(context, status, body: context.channel.allocator.buffer(string: json + "\n"), contentType: "application/json",
                 close: close, extraHeaders: extraHeaders)
     }
 
-    private func respond(_ context: ChannelHandlerContext, _ status: HTTPResponseStatus, body: ByteBuffer, contentType: String,
-                         close: Bool = false, extraHeaders: [(String, String)] = []) {
+    /// Writes a response; `body` nil for a `304` (no body, no length). A `HEAD` request gets the
+    /// headers only.
+    private func respond(_ context: ChannelHandlerContext, _ status: HTTPResponseStatus, body: ByteBuffer?, contentType: String,
+                         close: Bool = false, cacheControl: String = "no-store", extraHeaders: [(String, String)] = []) {
         let close = close || !keepAlive
-        var headers = HTTPHeaders([("Content-Type", contentType), ("Content-Length", "\(body.readableBytes)"),
-                                   ("Cache-Control", "no-store")])
+        var headers = HTTPHeaders([("Content-Type", contentType), ("Cache-Control", cacheControl)])
+        if let body { headers.add(name: "Content-Length", value: "\(body.readableBytes)") }
         for (name, value) in extraHeaders { headers.add(name: name, value: value) }
         if close { headers.add(name: "Connection", value: "close") }
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
-        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        if let body, !headOnly {
+            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        }
         let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
         if close {
             done.whenComplete { [channel = context.channel] _ in channel.close(promise: nil) }

@@ -11,8 +11,13 @@ public struct ServerConfiguration: Sendable {
     public var jwksJSON: String?
     /// Accept unsigned (`alg: none`) tokens. Development only; never implied.
     public var insecureDevAuth = false
-    /// Serve the dashboard at `/` and mint demo tokens at `/demo/token`.
+    /// Serve the dashboard at `/` (its service worker at `/sw.js`) and mint demo tokens at
+    /// `/demo/token`.
     public var demo = false
+    /// A folder whose regular files are served at `/app/<path>` (development and tests).
+    public var staticDirectory: String?
+    /// Largest file served from `staticDirectory`.
+    public var staticMaximumFileBytes = 16 << 20
 
     /// Largest client message after reassembly (bytes); bigger closes with 1009.
     public var maximumMessageBytes = 1 << 20

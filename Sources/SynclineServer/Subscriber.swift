@@ -52,4 +52,10 @@ final class Subscriber {
         self.changesPrefix = ByteBuffer(string: "{\"type\":\"changes\",\"sub\":\(quoted),")
         self.messagePrefix = ByteBuffer(string: "{\"type\":\"message\",\"sub\":\(quoted),")
     }
+
+    /// `{"type":"changes","sub":"<id>","live":true,`: the prefix of the feed's live marker, made
+    /// when needed (once per start of the feed) rather than held by every subscriber.
+    var liveChangesPrefix: ByteBuffer {
+        ByteBuffer(string: "{\"type\":\"changes\",\"sub\":\(JSONValue.quoted(id)),\"live\":true,")
+    }
 }

@@ -399,6 +399,7 @@ final class SyncConnection: ChannelInboundHandler {
                     }
                     subscriber.cursor = position
                     connection.catchUp(subscriber)
+                    connection.flushIfNeeded()  // the live marker, when the feed went live at once
                 }
             } catch {
                 if Task.isCancelled || error is Abandoned { return }
@@ -421,9 +422,7 @@ final class SyncConnection: ChannelInboundHandler {
         guard !closing, subscriber.phase == .starting else { return }
         let fanout = self.fanout
         if subscriber.cursor >= fanout.head {
-            fanout.activate(subscriber)
-            if awaitingDelivery { releaseOutcomes() }
-            return
+            return goLive(subscriber, body: FeedBody(), through: subscriber.cursor)
         }
         fanout.requestCatchUp(subscriber, environment: environment)
     }
@@ -433,7 +432,20 @@ final class SyncConnection: ChannelInboundHandler {
     func finishCatchUp(_ subscriber: Subscriber, body: FeedBody, through target: Int64) {
         guard !closing, subscriber.phase == .starting, subscribers[subscriber.id] === subscriber else { return }
         if body.reset { return restart(subscriber, reason: "the feed must be reloaded") }
-        send(body, to: subscriber, through: target)
+        goLive(subscriber, body: body, through: target)
+    }
+
+    /// The feed has caught up: its last catch-up `body` goes out as the feed's one `changes` with
+    /// `"live": true` (protocol §3.4; an empty one at `through` when the body has no changes), and
+    /// the fan-out takes the feed over. The marker is written here, once per start of a feed, so
+    /// the fan-out's hot path never looks at it; being written after every catch-up message and
+    /// before any `ack` this releases, it cannot overtake either.
+    private func goLive(_ subscriber: Subscriber, body: FeedBody, through: Int64) {
+        var body = body
+        if body.changes == nil {
+            body.changes = fanout.encoder.advanceBody(through: max(subscriber.cursor, through))
+        }
+        send(body, to: subscriber, through: through, live: true)
         guard !closing else { return }  // the send found the outbound queue full
         fanout.activate(subscriber)
         if awaitingDelivery { releaseOutcomes() }
@@ -561,7 +573,9 @@ final class SyncConnection: ChannelInboundHandler {
     /// Writes a feed body for one subscriber (its prefix plus the shared bytes). The connection is
     /// flushed by the fan-out at the end of the batch. A connection whose outbound queue is over
     /// its limit is closed with 4008: the client resumes from its cursor.
-    func send(_ body: FeedBody, to subscriber: Subscriber, through: Int64, promise: EventLoopPromise<Void>? = nil) {
+    /// With `live`, the `changes` message is the feed's live marker (`goLive`).
+    func send(_ body: FeedBody, to subscriber: Subscriber, through: Int64, promise: EventLoopPromise<Void>? = nil,
+              live: Bool = false) {
         guard !closing else {
             promise?.fail(Abandoned())
             return
@@ -585,7 +599,7 @@ final class SyncConnection: ChannelInboundHandler {
             write(prefix: subscriber.messagePrefix, body: message.body, promise: i == last ? promise : nil)
         }
         if let changes = body.changes {
-            write(prefix: subscriber.changesPrefix, body: changes, promise: promise)
+            write(prefix: live ? subscriber.liveChangesPrefix : subscriber.changesPrefix, body: changes, promise: promise)
         }
     }
 

@@ -58,6 +58,12 @@ public final class SynclineApplication: Sendable {
     }
 
     private static func prepare(_ options: Options, url: String, cluster: DevelopmentCluster?, logger: Logger) async throws -> SynclineApplication {
+        // Files first: a bad --static-dir fails before anything is opened.
+        let assets = try StaticAssets.load(
+            demo: options.server.demo, dashboard: options.dashboardPath,
+            staticDirectory: try options.server.staticDirectory.map {
+                try StaticDirectory(path: $0, maximumFileBytes: options.server.staticMaximumFileBytes)
+            })
         let settings = try PostgresSettings(url: url)
         let setup = try await PostgresConnection.connect(
             configuration: try settings.connectionConfiguration(applicationName: "syncline-setup"), id: 0, logger: logger)
@@ -122,11 +128,7 @@ public final class SynclineApplication: Sendable {
         let tail = ChangeTail(
             connection: try settings.connectionConfiguration(applicationName: "syncline-tail"), startAfter: head, logger: logger
         ) { event in await hub.handle(event) }
-        var dashboard: ByteBuffer?
-        if configuration.demo, let url = options.dashboardPath.map({ URL(fileURLWithPath: $0) }) ?? bundledDashboard {
-            dashboard = ByteBuffer(bytes: try Data(contentsOf: url))
-        }
-        let server = SynclineServer(environment: environment, group: group, dashboard: dashboard)
+        let server = SynclineServer(environment: environment, group: group, assets: assets)
         var services: [any Service] = [
             main, snapshots, tail, mutations,
             HeartbeatService(hub: hub, group: group, period: .milliseconds(configuration.heartbeatMilliseconds)), server,
@@ -257,10 +259,5 @@ extension SynclineApplication {
             try? await connection.close()
             throw error
         }
-    }
-
-    /// The dashboard shipped with the server.
-    static var bundledDashboard: URL? {
-        Bundle.module.url(forResource: "dashboard", withExtension: "html")
     }
 }

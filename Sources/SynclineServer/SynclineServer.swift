@@ -16,13 +16,13 @@ final class SynclineServer: Service, Sendable {
 
     private let environment: SyncEnvironment
     private let group: any EventLoopGroup
-    private let dashboard: ByteBuffer?
+    private let assets: StaticAssets
     private let boundPort: EventLoopPromise<Int>
 
-    init(environment: SyncEnvironment, group: any EventLoopGroup, dashboard: ByteBuffer?) {
+    init(environment: SyncEnvironment, group: any EventLoopGroup, assets: StaticAssets) {
         self.environment = environment
         self.group = group
-        self.dashboard = dashboard
+        self.assets = assets
         self.boundPort = group.any().makePromise(of: Int.self)
     }
 
@@ -34,7 +34,7 @@ final class SynclineServer: Service, Sendable {
     func run() async throws {
         let configuration = environment.configuration
         let environment = self.environment
-        let dashboard = self.dashboard
+        let assets = self.assets
         let channel: any Channel
         let tls: NIOSSLContext?
         do {
@@ -46,7 +46,7 @@ final class SynclineServer: Service, Sendable {
                 .childChannelOption(.writeBufferWaterMark,
                                     value: .init(low: configuration.maximumOutboundBytes / 2, high: configuration.maximumOutboundBytes))
                 .childChannelInitializer { channel in
-                    Self.initialize(channel, environment: environment, dashboard: dashboard, tls: tls)
+                    Self.initialize(channel, environment: environment, assets: assets, tls: tls)
                 }
                 .bind(host: configuration.host, port: configuration.port).get()
         } catch {
@@ -62,6 +62,9 @@ final class SynclineServer: Service, Sendable {
         ])
         if configuration.demo {
             environment.logger.notice("demo dashboard: http://\(configuration.host):\(port)/")
+        }
+        if let directory = assets.directory {
+            environment.logger.notice("serving \(directory.root) at http\(secure)://\(configuration.host):\(port)/app/")
         }
         try await gracefulShutdown()
         environment.logger.info("shutting down: closing WebSocket connections with 1001")
@@ -96,7 +99,7 @@ final class SynclineServer: Service, Sendable {
         var description: String { message }
     }
 
-    private static func initialize(_ channel: any Channel, environment: SyncEnvironment, dashboard: ByteBuffer?, tls: NIOSSLContext?) -> EventLoopFuture<Void> {
+    private static func initialize(_ channel: any Channel, environment: SyncEnvironment, assets: StaticAssets, tls: NIOSSLContext?) -> EventLoopFuture<Void> {
         let decision = NIOLoopBound(UpgradeDecision(), eventLoop: channel.eventLoop)
         let configuration = environment.configuration
         let upgrader = NIOWebSocketServerUpgrader(
@@ -113,7 +116,7 @@ final class SynclineServer: Service, Sendable {
                         SyncConnection(environment: environment, headerIdentity: decision.value.identity))
                 }
             })
-        let router = HTTPRouter(environment: environment, decision: decision, dashboard: dashboard)
+        let router = HTTPRouter(environment: environment, decision: decision, assets: assets)
         return channel.eventLoop.makeCompletedFuture {
             if let tls {
                 try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls))

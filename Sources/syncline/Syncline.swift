@@ -71,6 +71,12 @@ struct Serve: AsyncParsableCommand {
     @Flag(name: .customLong("no-demo-generator"), help: "With --demo: do not insert a transaction every second.")
     var noDemoGenerator = false
 
+    @Option(name: .customLong("static-dir"), help: "Serve the regular files of this folder at /app/<path> (development; no dotfiles, nothing outside it).")
+    var staticDir: String?
+
+    @Option(name: .customLong("static-max-file-bytes"), help: "Largest file served from --static-dir.")
+    var staticMaxFileBytes = 16 << 20
+
     @Option(name: .customLong("max-message-bytes"), help: "Largest client message (1009 above).")
     var maxMessageBytes = 1 << 20
 
@@ -153,6 +159,9 @@ struct Serve: AsyncParsableCommand {
         }
         server.insecureDevAuth = insecureDevAuth
         server.demo = demo
+        server.staticDirectory = staticDir
+        guard staticMaxFileBytes >= 0 else { throw ValidationError("--static-max-file-bytes must not be negative") }
+        server.staticMaximumFileBytes = staticMaxFileBytes
         server.maximumMessageBytes = maxMessageBytes
         server.maximumOutboundBytes = maxOutboundBytes
         server.maximumConnections = maxConnections

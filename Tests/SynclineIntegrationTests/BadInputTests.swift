@@ -69,6 +69,7 @@ struct BadInputTests {
             _ = try await client.next("subscribed")
             let snapshot = try await client.next("snapshot")
             #expect(snapshot["rows"].map { if case .array(let rows) = $0 { rows.count } else { -1 } } == 2)
+            #expect(try await client.next("changes")["live"] == .bool(true))  // caught up (protocol §3.4)
             try await expectError(client, #"{"type": "subscribe", "id": "good", "collection": "accounts", "where": {"owner": "alice"}}"#,
                                   code: "duplicate_id", ref: .string("good"))
 

@@ -427,6 +427,7 @@ struct ChangeFeedTests {
             let snapshot = try await client.next("snapshot")
             #expect(snapshot["rows"] == .array([]))
             #expect(snapshot["done"] == .bool(true))
+            #expect(try await client.next("changes")["live"] == .bool(true))  // caught up (protocol §3.4)
             try await server.database.execute(#"SELECT syncline.publish('user:alice', '{"n": 1.50}')"#)
             let message = try await client.next("message")
             #expect(message["sub"] == .string("me"))

@@ -13,6 +13,15 @@ struct FeedCollector {
     var cursor: String?
     var snapshotDone = false
     var modes: [String] = []
+    /// Topic payloads (JSON text) in arrival order.
+    var payloads: [String] = []
+    /// `changes` with `"live": true` seen since the feed's last `subscribed` (protocol §3.4), and
+    /// what the feed had received when the first came: ops (its own included), payloads, whether
+    /// the snapshot was done, its cursor.
+    var liveMarkers = 0
+    var atLive: (ops: Int, payloads: Int, snapshotDone: Bool, cursor: String?, changesMessages: Int)?
+    /// `changes` messages received since the feed's last `subscribed`.
+    var changesMessages = 0
 
     init(sub: String) { self.sub = sub }
 
@@ -30,6 +39,9 @@ struct FeedCollector {
                 snapshotDone = false
             }
             cursor = message["cursor"]?.stringValue
+            liveMarkers = 0  // a new start of the feed: its own marker follows
+            atLive = nil
+            changesMessages = 0
             return true
         case "snapshot" where message["sub"]?.stringValue == sub:
             if case .array(let items)? = message["rows"] {
@@ -61,6 +73,17 @@ struct FeedCollector {
                     }
                 }
             }
+            cursor = message["cursor"]?.stringValue
+            changesMessages += 1
+            if message["live"] == .bool(true) {
+                liveMarkers += 1
+                if atLive == nil { atLive = (log.count, payloads.count, snapshotDone, cursor, changesMessages) }
+            } else if message["live"] != nil {
+                liveMarkers += 1000  // `live` is `true` or absent: anything else fails the count
+            }
+            return true
+        case "message" where message["sub"]?.stringValue == sub:
+            payloads.append(message["payload"]?.jsonText ?? "")
             cursor = message["cursor"]?.stringValue
             return true
         default:

@@ -204,8 +204,11 @@ enum RawHTTP {
             .connect(host: "127.0.0.1", port: port).get()
         try await channel.writeAndFlush(ByteBuffer(string: text.replacingOccurrences(of: "\n", with: "\r\n"))).get()
         let deadline = ContinuousClock.now + .seconds(5)
+        // A HEAD request's and a 304's answers end with their headers.
+        let bodiless = text.hasPrefix("HEAD ")
         while ContinuousClock.now < deadline {
             let text = collected.withLockedValue { String(buffer: $0) }
+            if text.range(of: "\r\n\r\n") != nil, bodiless || text.hasPrefix("HTTP/1.1 304") { break }
             if let end = text.range(of: "\r\n\r\n"), let length = text.components(separatedBy: "\r\n")
                 .first(where: { $0.lowercased().hasPrefix("content-length:") })
                 .flatMap({ Int($0.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) }),

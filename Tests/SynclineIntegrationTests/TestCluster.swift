@@ -26,7 +26,7 @@ enum TestCluster {
                     .init(directory: directory, settings: ["fsync": "off", "full_page_writes": "off"], database: "postgres"),
                     logger: logger)
                 box = cluster
-                stopCommand = "\(geteuid() == 0 ? "runuser -u postgres -- " : "")\(try binDirectory())/pg_ctl -D \(directory)/data -m immediate stop >/dev/null 2>&1; rm -rf \(directory)"
+                stopCommand = "\(geteuid() == 0 ? "runuser -u postgres -- " : "")\(try binDirectory())/pg_ctl -D \(cluster.dataDirectory) -m immediate stop >/dev/null 2>&1; rm -rf \(directory)"
                 atexit {
                     _ = system(TestCluster.stopCommand)
                 }
