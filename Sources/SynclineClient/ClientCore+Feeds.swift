@@ -45,6 +45,8 @@ extension ClientCore {
         /// Keys the overlay touched when the view was last computed.
         var touched: Set<String> = []
         var attempts = 0
+        /// The live marker of the current subscription has been published.
+        var liveShown = false
         /// Subscribe without `after` next time (the server refused the saved cursor).
         var fresh = false
 
@@ -56,7 +58,8 @@ extension ClientCore {
 
         var isCaughtUp: Bool {
             switch phase {
-            case .live, .ended: return true
+            case .ended: return true
+            case .live: return liveShown || spec.collection == nil
             default: return false
             }
         }
@@ -122,6 +125,7 @@ extension ClientCore {
         wire[wireID] = key
         feed.phase = .requested(wireID: wireID)
         feed.buffer = []
+        feed.liveShown = false
         let after = feed.fresh ? nil : feed.cursor
         feeds[key] = feed
         out.append(.send(id, feed.spec.subscribeMessage(id: wireID, after: after), mid: nil))
@@ -241,9 +245,6 @@ extension ClientCore {
             feed.phase = .idle
             feed.buffer = []
             switch code {
-            case "duplicate_id":
-                feeds[key] = feed
-                subscribeFeed(key)
             case "bad_request" where feed.cursor != nil && !feed.fresh:
                 // A cursor the server does not accept (e.g. beyond a restored database's newest
                 // position): start over with a snapshot, which replaces the rows.
@@ -254,7 +255,7 @@ extension ClientCore {
                 feeds[key] = feed
                 feedEndedLocally(key, code: code, message: text)
             default:
-                // unavailable, rate_limited, internal: resubscribe from the saved cursor later.
+                // unavailable, rate_limited, internal, duplicate_id: resubscribe from the saved cursor later.
                 let delay = retryAfter.map { Duration.milliseconds($0) }
                     ?? configuration.backoff.delay(attempt: feed.attempts, random: &random)
                 feed.attempts += 1
@@ -287,6 +288,7 @@ extension ClientCore {
         var dirty: [String: Set<String>] = [:]
         var replaced: [String: Bool] = [:]
         var liveMarkers: Set<String> = []
+        var removedAnswered = false
         if !holdsChanges {
             for key in feeds.keys.sorted() where !feeds[key]!.buffer.isEmpty {
                 var feed = feeds[key]!
@@ -322,6 +324,7 @@ extension ClientCore {
                         feed.cursor = cursor
                     case .live:
                         liveMarkers.insert(key)
+                        feed.liveShown = true
                     }
                 }
                 feed.buffer = []
@@ -335,18 +338,16 @@ extension ClientCore {
                 }
                 feeds[key] = feed
             }
-            // Acked mutations whose effects are now published leave the queue with them.
-            let acked = mutations.filter(\.isAcked)
-            if !acked.isEmpty {
-                mutations.removeAll(where: \.isAcked)
-                for m in acked {
-                    batch.deleteMutations.append(m.mid)
-                    if case .acked(let result, let cursor) = m.state { decided.append((m, .acked(result: result, cursor: cursor))) }
-                }
+            // Answered mutations whose effects are now published leave the queue with them.
+            let answered = mutations.filter(\.isAnswered)
+            if !answered.isEmpty {
+                mutations.removeAll(where: \.isAnswered)
+                for m in answered { batch.deleteMutations.append(m.mid) }
+                removedAnswered = true
             }
         }
         if !batch.isEmpty { out.append(.persist(batch)) }
-        if !dirty.isEmpty || !replaced.isEmpty || !liveMarkers.isEmpty || !decided.isEmpty || !initial.isEmpty {
+        if !dirty.isEmpty || !replaced.isEmpty || !liveMarkers.isEmpty || !decided.isEmpty || !initial.isEmpty || removedAnswered {
             refreshViews(dirty: dirty, replaced: replaced, live: liveMarkers)
         }
         for (m, decision) in decided {

@@ -7,8 +7,9 @@ extension ClientCore {
             case sent
             /// Sent, and an error for an earlier `mid` says this one's answer will be an error too.
             case erroring
-            /// Committed; kept (with its overlay) until the changes that carry its effect are published.
-            case acked(result: JSONValue, cursor: String)
+            /// Answered (`ack`, or `outcome_expired`): kept, with its overlay, until the changes that
+            /// may carry its effect are published.
+            case answered
         }
 
         var local: Int
@@ -17,12 +18,11 @@ extension ClientCore {
         var state: State
         /// Sent at least once (or by an earlier process): its effect may already be in the feeds.
         var mayHaveCommitted: Bool
+        /// The first answer, reported at once; a resend after a reconnect only waits for it again.
+        var decision: MutationDecision?
 
         var mid: Int64 { stored.mid }
-        var isAcked: Bool {
-            if case .acked = state { return true }
-            return false
-        }
+        var isAnswered: Bool { state == .answered }
     }
 
     /// Registers the optimistic effect of mutator `name`.
@@ -51,10 +51,14 @@ extension ClientCore {
         return (locals, mid, finish())
     }
 
-    /// Sends every queued mutation in `mid` order, unless a retry is pending or no session is open.
+    /// Sends queued mutations in `mid` order (at most `maxInFlight` unanswered), unless a retry is
+    /// pending or no session is open.
     mutating func sendQueuedMutations() {
         guard case .ready(let id) = link, !mutationHold else { return }
+        var inFlight = mutations.count(where: { $0.state == .sent || $0.state == .erroring })
         for i in mutations.indices where mutations[i].state == .queued {
+            guard inFlight < configuration.maxInFlight else { break }
+            inFlight += 1
             let m = mutations[i].stored
             mutations[i].state = .sent
             mutations[i].mayHaveCommitted = true
@@ -72,6 +76,9 @@ extension ClientCore {
         }
         var batch = StoreBatch()
         if let first = mutations.first, first.mid > lastMID + 1 {
+            // Answered ones cannot be sent under new numbers (they would apply twice).
+            for m in mutations where m.decision != nil { batch.deleteMutations.append(m.mid) }
+            mutations.removeAll { $0.decision != nil }
             // The server forgot mids we had sent (its database was restored): the undecided ones
             // were never applied there, so they take the numbers it expects next.
             for i in mutations.indices {
@@ -94,10 +101,22 @@ extension ClientCore {
 
     mutating func mutationAcked(_ message: JSONValue) {
         guard let mid = message["mid"]?.int64, let i = mutations.firstIndex(where: { $0.mid == mid }) else { return }
-        mutations[i].state = .acked(result: message["result"] ?? .null, cursor: message["cursor"]?.stringValue ?? "")
+        guard mutations[i].state == .sent || mutations[i].state == .erroring else { return }
+        answered(i, .acked(result: message["result"] ?? .null, cursor: message["cursor"]?.stringValue ?? ""))
         retryAttempt = 0
         flush()
         maybeScheduleRetry()
+        sendQueuedMutations()
+    }
+
+    /// Records the first answer and reports it at once; the mutation stays (overlay included)
+    /// until the held changes are published (writing-a-client §4).
+    mutating func answered(_ i: Int, _ decision: MutationDecision) {
+        mutations[i].state = .answered
+        if mutations[i].decision == nil {
+            mutations[i].decision = decision
+            out.append(.decided(local: mutations[i].local, mutations[i].stored, decision, earlier: mutations[i].earlier))
+        }
     }
 
     mutating func mutationRejected(_ message: JSONValue) {
@@ -110,13 +129,26 @@ extension ClientCore {
 
     /// A decision that leaves no effect to wait for (reject, expired, refused): the mutation and
     /// its overlay go at once.
-    mutating func decide(mid: Int64, _ decision: MutationDecision) {
-        guard let i = mutations.firstIndex(where: { $0.mid == mid }) else { return }
+    mutating func decide(mid: Int64, _ decision: MutationDecision, renumberLater: Bool = false) {
+        guard let i = mutations.firstIndex(where: { $0.mid == mid }),
+              mutations[i].state == .sent || mutations[i].state == .erroring
+        else { return }
         let m = mutations.remove(at: i)
         var batch = StoreBatch()
         batch.deleteMutations = [mid]
-        flush(batch: batch, decided: [(m, decision)])
+        if renumberLater {
+            // Nothing was consumed: the later undecided mids move down into its place.
+            for j in mutations.indices where mutations[j].mid > mid {
+                batch.deleteMutations.append(mutations[j].mid)
+                mutations[j].stored.mid -= 1
+                batch.insertMutations.append(mutations[j].stored)
+            }
+            nextMID -= 1
+            batch.nextMID = nextMID
+        }
+        flush(batch: batch, decided: m.decision == nil ? [(m, decision)] : [])
         maybeScheduleRetry()
+        sendQueuedMutations()
     }
 
     /// Once every mutation in flight behind an errored one has its answer, resend after the delay.
@@ -131,16 +163,24 @@ extension ClientCore {
         guard let i = mutations.firstIndex(where: { $0.mid == mid }) else { return }
         switch code {
         case "outcome_expired":
-            decide(mid: mid, .expired(MutationOutcomeExpired(mid: mid, message: message)))
+            // Decided long ago: its effect may be in the held changes, so it goes like an ack.
+            guard mutations[i].state == .sent || mutations[i].state == .erroring else { return }
+            answered(i, .expired(MutationOutcomeExpired(mid: mid, message: message)))
+            flush()
+            maybeScheduleRetry()
             return
-        case "conflict", "bad_request", "forbidden", "not_found", "invalid":
+        case "bad_request":
+            decide(mid: mid, .rejected(MutationRejected(code: code, message: message)), renumberLater: true)
+            return
+        case "conflict", "forbidden", "not_found", "invalid":
             // The server will never apply this mid as sent: a client bug or a refused request.
             decide(mid: mid, .rejected(MutationRejected(code: code, message: message)))
             return
         default:
             break
         }
-        let firstUndecided = mutations.firstIndex { !$0.isAcked }
+        guard mutations[i].state == .sent || mutations[i].state == .erroring else { return }  // the rest of a cascade
+        let firstUndecided = mutations.firstIndex { !$0.isAnswered }
         if code == "out_of_order", firstUndecided == i, case .ready(let id) = link {
             // The server expects another mid than our first undecided one: learn its last_mid anew.
             out.append(.close(id, code: 1000))
@@ -167,6 +207,6 @@ extension ClientCore {
     /// Whether an undecided mutation may have committed: then the feeds' changes may already carry
     /// its effect, and publishing them beside its overlay would count it twice.
     var holdsChanges: Bool {
-        mutations.contains { $0.mayHaveCommitted && !$0.isAcked }
+        mutations.contains { $0.mayHaveCommitted && !$0.isAnswered }
     }
 }

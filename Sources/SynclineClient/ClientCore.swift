@@ -24,6 +24,8 @@ struct ClientCore {
         var keyColumns: [String: [String]] = [:]
         var defaultKeyColumns = ["id"]
         var seed: UInt64 = 0x5EED
+        /// Unanswered mutations on the wire at once.
+        var maxInFlight = 64
     }
 
     enum Event: Sendable {
@@ -85,6 +87,10 @@ struct ClientCore {
     var pingSentAt: Duration?
     var generations: [ClientTimer: Int] = [:]
     var lastStatus: ClientStatus?
+    var attempted = false
+    var closedByApp = false
+    /// Overrides `welcome.heartbeat_ms` when set.
+    var heartbeatOverride: Duration?
     var out: [Action] = []
 
     var clientID = ""
@@ -129,6 +135,7 @@ struct ClientCore {
     /// Appends the status if it changed and hands the actions out.
     mutating func finish() -> [Action] {
         let status = currentStatus
+        if status.state == .live { attempt = 0 }  // backoff restarts once live again
         if status != lastStatus {
             lastStatus = status
             out.append(.status(status))
@@ -138,13 +145,16 @@ struct ClientCore {
     }
 
     var currentStatus: ClientStatus {
-        let pending = mutations.count
+        let pending = mutations.count(where: { $0.decision == nil })
         switch link {
-        case .stopped: return ClientStatus(state: .stopped, pending: pending)
+        case .stopped: return ClientStatus(state: closedByApp ? .stopped : .offline, pending: pending)
         case .ready:
             let loading = feeds.values.contains { $0.holders > 0 && !$0.isCaughtUp }
             return ClientStatus(state: loading ? .resyncing : .live, pending: pending)
-        case .idle, .awaitingToken, .opening, .hello: return ClientStatus(state: .connecting, pending: pending)
+        case .idle, .awaitingToken, .opening, .hello:
+            // `connecting` only until the first attempt has succeeded or failed; then `offline`
+            // while there is no session (writing-a-client §8).
+            return ClientStatus(state: attempted ? .offline : .connecting, pending: pending)
         case .waiting: return ClientStatus(state: .offline, pending: pending)
         }
     }
@@ -204,8 +214,10 @@ struct ClientCore {
         if let exp = tokenExpiry(token) {
             let remaining = exp - nowSeconds
             // Refresh well before expiry; short-lived tokens at 80% of their remaining life.
-            let lead = remaining > 60 ? remaining - 30 : remaining * 0.8
-            schedule(.tokenRefresh, after: .milliseconds(Int64(max(lead, 0.5) * 1000)))
+            // 30 s or 10% of the remaining life before exp, whichever is less; a token that
+            // already looks expired is used anyway (the server decides) and refreshed in 5 s.
+            let delay = remaining > 0 ? remaining - min(30, remaining * 0.1) : 5
+            schedule(.tokenRefresh, after: .milliseconds(Int64(max(delay, 5) * 1000)))
         }
         switch link {
         case .awaitingToken: connect()
@@ -229,6 +241,7 @@ struct ClientCore {
 
     mutating func closed(_ id: Int, code: UInt16?, reason: String) {
         guard link.connection == id else { return }
+        attempted = true
         disconnected()
         switch code {
         case 1001, 4008:
@@ -241,9 +254,12 @@ struct ClientCore {
         case 4003:
             stop(.forbidden(reason))
         case 1008, 1009, 4400:
+            // A client bug: report it, and do not hammer (at least the cap before trying again).
             lastCloseWas4001 = false
             out.append(.report(.protocolViolation(code: code ?? 0, reason: reason)))
-            scheduleReconnect(immediately: false)
+            link = .waiting
+            attempt += 1
+            schedule(.reconnect, after: configuration.backoff.cap)
         default:
             lastCloseWas4001 = false
             scheduleReconnect(immediately: false)
@@ -256,9 +272,12 @@ struct ClientCore {
     mutating func disconnected() {
         wire = [:]
         for key in feeds.keys {
-            feeds[key]!.phase = .idle
+            if case .ended = feeds[key]!.phase {} else { feeds[key]!.phase = .idle }
             feeds[key]!.buffer = []
+            feeds[key]!.liveShown = false
         }
+        // Answered ones too: their held changes are gone, so they wait (overlay shown) for the
+        // answer to their resend, which comes after the resumed feeds carry their effect again.
         for i in mutations.indices {
             mutations[i].state = .queued
         }
@@ -283,10 +302,19 @@ struct ClientCore {
         if let error { out.append(.report(error)) }
     }
 
+    /// The platform says the network is back: skip the backoff wait.
+    mutating func online(now: Duration) -> [Action] {
+        self.now = now
+        out = []
+        if link == .waiting { connect() }
+        return finish()
+    }
+
     /// The app closes the client.
     mutating func close(now: Duration) -> [Action] {
         self.now = now
         out = []
+        closedByApp = true
         stop(nil)
         return finish()
     }
@@ -359,9 +387,10 @@ struct ClientCore {
     mutating func welcome(_ id: Int, _ message: JSONValue) {
         guard link == .hello(id) else { return }
         link = .ready(id)
-        attempt = 0
+        attempted = true
         lastCloseWas4001 = false
         if let ms = message["heartbeat_ms"]?.int64, ms > 0 { heartbeat = .milliseconds(ms) }
+        if let heartbeatOverride { heartbeat = heartbeatOverride }
         schedule(.heartbeat, after: heartbeat)
         let lastMID = message["last_mid"]?.int64 ?? 0
         guard reconcileMIDs(lastMID: lastMID) else { return }

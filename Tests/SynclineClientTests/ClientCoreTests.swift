@@ -77,7 +77,7 @@ struct ClientCoreConnectionTests {
         var h = CoreHarness.connected()
         h.event(.closed(h.connection, code: 4003, reason: "client_id owned by another user"))
         #expect(h.core.link == .stopped)
-        #expect(h.statuses.last?.state == .stopped)
+        #expect(h.statuses.last?.state == .offline)  // stopped for good, but only close() says .stopped
         #expect(h.reports.contains { if case .forbidden = $0 { return true } else { return false } })
         #expect(h.timers[.reconnect] == nil)
     }
