@@ -44,6 +44,9 @@ final class ClientEngine: Sendable {
         var loaded = false
         var stopped = false
         var firstMutationSent = false
+        /// Store writes not yet committed: feed writes wait for the inbox to drain, so a burst of
+        /// changes costs one fsync; anything that must be durable first commits them at once.
+        var unwritten: [StoreBatch] = []
 
         init(core: ClientCore) { self.core = core }
     }
@@ -70,7 +73,7 @@ final class ClientEngine: Sendable {
             let input = await inbox.next()
             if case .close(let done) = input {
                 if !loop.stopped { await execute(loop.core.close(now: now), loop) }
-                shutdown(loop)
+                await shutdown(loop)
                 done.resume()
                 return
             }
@@ -79,6 +82,7 @@ final class ClientEngine: Sendable {
                 continue
             }
             await handle(input, loop)
+            if inbox.isEmpty { await commit(loop) }
         }
     }
 
@@ -159,6 +163,9 @@ final class ClientEngine: Sendable {
                     crashAfterAck: CrashPoint.configured == "after-ack", logger: configuration.logger)
             case .send(let id, let text, let mid):
                 guard let connection = loop.connections[id] else { continue }
+                // A mutation is durable before it is sent (under this mid: renumbering writes it anew).
+                if let mid, loop.unwritten.contains(where: { $0.insertMutations.contains { $0.mid == mid } }),
+                   !(await commit(loop)) { continue }
                 if mid != nil, !loop.firstMutationSent, let point = CrashPoint.configured {
                     loop.firstMutationSent = true
                     if point == "before-send" { CrashPoint.crash("before-send") }
@@ -175,17 +182,8 @@ final class ClientEngine: Sendable {
             case .close(let id, _):
                 loop.connections.removeValue(forKey: id)?.close()
             case .persist(let batch):
-                do {
-                    try await store.write(batch)
-                    answer?()
-                    answer = nil
-                } catch {
-                    onStoreFailure?(error)
-                    answer = nil
-                    report(.store("\(error)"))
-                    await execute(loop.core.close(now: now), loop)
-                    loop.stopped = true
-                }
+                loop.unwritten.append(batch)
+                if answer != nil, !(await commit(loop, onFailure: onStoreFailure)) { answer = nil }
             case .schedule(let timer, let delay, let generation):
                 loop.timers[timer]?.cancel()
                 let inbox = inbox
@@ -221,6 +219,26 @@ final class ClientEngine: Sendable {
         answer?()
     }
 
+    /// Writes what is pending in one transaction; false (and the client stops) when it fails.
+    @discardableResult
+    private func commit(_ loop: Loop, onFailure: ((any Error) -> Void)? = nil) async -> Bool {
+        guard !loop.unwritten.isEmpty else { return true }
+        let batches = loop.unwritten
+        loop.unwritten = []
+        do {
+            try await store.write(all: batches)
+            return true
+        } catch {
+            onFailure?(error)
+            report(.store("\(error)"))
+            loop.stopped = true
+            _ = loop.core.close(now: now)
+            for connection in loop.connections.values { connection.close() }
+            publishStatus(ClientStatus(state: .stopped, pending: statusBox.withLockedValue { $0.pending }))
+            return false
+        }
+    }
+
     private func publishStatus(_ status: ClientStatus) {
         statusBox.withLockedValue { $0 = status }
         for queue in statusQueues.withLockedValue({ $0 }) { queue.push(status) }
@@ -231,7 +249,8 @@ final class ClientEngine: Sendable {
         errors.push(error)
     }
 
-    private func shutdown(_ loop: Loop) {
+    private func shutdown(_ loop: Loop) async {
+        await commit(loop)
         loop.stopped = true
         for connection in loop.connections.values { connection.close() }
         loop.connections = [:]

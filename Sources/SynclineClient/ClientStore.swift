@@ -10,6 +10,15 @@ public protocol ClientStore: Sendable {
     func load() async throws -> StoredState
     /// Applies `batch` atomically and durably.
     func write(_ batch: StoreBatch) async throws
+    /// Applies `batches` in order, atomically and durably together (one commit for many steps).
+    func write(all batches: [StoreBatch]) async throws
+}
+
+extension ClientStore {
+    /// One write per batch; stores that can, override this with one transaction.
+    public func write(all batches: [StoreBatch]) async throws {
+        for batch in batches { try await write(batch) }
+    }
 }
 
 /// The state a store holds.

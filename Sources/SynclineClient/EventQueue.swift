@@ -128,6 +128,9 @@ final class InputQueue<Element: Sendable>: Sendable {
         }
     }
 
+    /// Whether an element is waiting (the loop commits its store writes when none is).
+    var isEmpty: Bool { state.withLockedValue { $0.head >= $0.items.count } }
+
     func next() async -> Element {
         await withCheckedContinuation { (continuation: CheckedContinuation<Element, Never>) in
             let (ready, wake) = state.withLockedValue { state -> (Element?, [CheckedContinuation<Void, Never>]) in

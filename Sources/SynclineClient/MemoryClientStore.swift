@@ -18,6 +18,11 @@ public final class MemoryClientStore: ClientStore {
     public func write(_ batch: StoreBatch) async throws {
         state.withLockedValue { $0.apply(batch) }
     }
+
+    /// Applies `batches` in order, at once.
+    public func write(all batches: [StoreBatch]) async throws {
+        state.withLockedValue { state in for batch in batches { state.apply(batch) } }
+    }
 }
 
 extension StoredState {

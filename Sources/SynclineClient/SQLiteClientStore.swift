@@ -90,6 +90,20 @@ public final class SQLiteClientStore: ClientStore {
         }
     }
 
+    /// Applies `batches` in order in one transaction: one fsync for many steps.
+    public func write(all batches: [StoreBatch]) async throws {
+        let batches = batches.filter { !$0.isEmpty }
+        guard !batches.isEmpty else { return }
+        _ = try await connection.query("BEGIN IMMEDIATE", [])
+        do {
+            for batch in batches { try await apply(batch) }
+            _ = try await connection.query("COMMIT", [])
+        } catch {
+            _ = try? await connection.query("ROLLBACK", [])
+            throw error
+        }
+    }
+
     private func apply(_ batch: StoreBatch) async throws {
         if let clientID = batch.clientID {
             _ = try await connection.query("INSERT OR REPLACE INTO meta (name, value) VALUES ('client_id', ?)", [.text(clientID)])
