@@ -190,6 +190,7 @@ extension ClientCore {
             var batch = StoreBatch()
             batch.feeds = [.apply(spec: feed.spec, keyColumns: [], cursor: cursor, upserts: [], deletes: [])]
             out.append(.persist(batch))
+            out.append(.topic(feed: key, .cursor(cursor)))
             if isLiveMarker { out.append(.topic(feed: key, .live)) }
             return
         }
@@ -285,9 +286,10 @@ extension ClientCore {
     mutating func flush(batch initial: StoreBatch = StoreBatch(), decided initialDecided: [(Mutation, MutationDecision)] = []) {
         var batch = initial
         var decided = initialDecided
-        var dirty: [String: Set<String>] = [:]
+        var dirty: [String: [String]] = [:]  // keys in commit order, so changes publish in that order
         var replaced: [String: Bool] = [:]
         var liveMarkers: Set<String> = []
+        var cursors: [String: String] = [:]
         var removedAnswered = false
         if !holdsChanges {
             for key in feeds.keys.sorted() where !feeds[key]!.buffer.isEmpty {
@@ -309,7 +311,7 @@ extension ClientCore {
                     case .changes(let cursor, let changes):
                         for change in changes {
                             let k = change.key.keyString
-                            dirty[key, default: []].insert(k)
+                            dirty[key, default: []].append(k)
                             if change.op == "delete" || change.row == nil {
                                 feed.confirmed[k] = nil
                                 upserts[k] = nil
@@ -328,6 +330,7 @@ extension ClientCore {
                     }
                 }
                 feed.buffer = []
+                if let cursor = feed.cursor { cursors[key] = cursor }
                 if didReplace {
                     batch.feeds.append(.replace(spec: feed.spec, keyColumns: feed.keyColumns, cursor: feed.cursor,
                                                 rows: feed.confirmed.keys.sorted().map { feed.confirmed[$0]! }))
@@ -347,8 +350,8 @@ extension ClientCore {
             }
         }
         if !batch.isEmpty { out.append(.persist(batch)) }
-        if !dirty.isEmpty || !replaced.isEmpty || !liveMarkers.isEmpty || !decided.isEmpty || !initial.isEmpty || removedAnswered {
-            refreshViews(dirty: dirty, replaced: replaced, live: liveMarkers)
+        if !dirty.isEmpty || !replaced.isEmpty || !liveMarkers.isEmpty || !decided.isEmpty || !initial.isEmpty || removedAnswered || !cursors.isEmpty {
+            refreshViews(dirty: dirty, replaced: replaced, live: liveMarkers, cursors: cursors)
         }
         for (m, decision) in decided {
             out.append(.decided(local: m.local, m.stored, decision, earlier: m.earlier))
@@ -357,7 +360,8 @@ extension ClientCore {
 
     /// Recomputes every held feed's view (confirmed rows plus the overlay of every queued mutation,
     /// in `mid` order) and publishes the differences.
-    mutating func refreshViews(dirty: [String: Set<String>] = [:], replaced: [String: Bool] = [:], live: Set<String> = []) {
+    mutating func refreshViews(dirty: [String: [String]] = [:], replaced: [String: Bool] = [:], live: Set<String> = [],
+                               cursors: [String: String] = [:]) {
         var confirmedByCollection: [String: [[String: StoredRow]]] = [:]
         for feed in feeds.values {
             if let collection = feed.spec.collection { confirmedByCollection[collection, default: []].append(feed.confirmed) }
@@ -391,8 +395,14 @@ extension ClientCore {
                 events.append(reset ? .reset(all) : .snapshot(all))
             } else {
                 var changes: [RowChange] = []
-                let candidates = (dirty[key] ?? []).union(feed.touched).union(effectKeys)
-                for k in candidates.sorted() {
+                // Changed keys in commit order (the last change of a key decides its place), then
+                // keys only the overlay touches.
+                var seen: Set<String> = []
+                var ordered: [String] = []
+                for k in (dirty[key] ?? []).reversed() where seen.insert(k).inserted { ordered.append(k) }
+                ordered.reverse()
+                ordered += feed.touched.union(effectKeys).subtracting(seen).sorted()
+                for k in ordered {
                     let old = feed.view[k]
                     let new = viewRow(k)
                     guard old != new else { continue }
@@ -407,6 +417,7 @@ extension ClientCore {
                 if !changes.isEmpty { events.append(.changes(changes)) }
             }
             feed.touched = effectKeys
+            if let cursor = cursors[key] { events.append(.cursor(cursor)) }
             if live.contains(key) { events.append(.live) }
             feeds[key] = feed
             if !events.isEmpty { out.append(.publish(feed: key, events, view: replaced[key] != nil ? feed.view : nil)) }

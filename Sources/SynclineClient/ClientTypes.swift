@@ -74,6 +74,9 @@ public enum LiveQueryEvent: Sendable, Hashable {
     case reset([JSONValue])
     /// The feed has caught up: what follows is live.
     case live
+    /// The rows shown are confirmed up to this cursor (after the events of one publish). Save it to
+    /// resume elsewhere (e.g. `syncline tail --after`).
+    case cursor(String)
     /// The consumer fell behind its bound: events were dropped, and these are the current rows.
     case resynced([JSONValue])
     /// The feed ended (e.g. `forbidden`, `revoked`, `not_found`); nothing more follows until resubscribed.
@@ -103,6 +106,8 @@ public enum TopicEvent: Sendable, Hashable {
     case message(TopicMessage)
     /// Caught up: what follows is live.
     case live
+    /// The feed's cursor advanced with no message (an idle advance, or the live marker).
+    case cursor(String)
     /// The history after the saved cursor was pruned: messages in between are lost.
     case reset
     /// The consumer fell behind its bound and this many messages were dropped.

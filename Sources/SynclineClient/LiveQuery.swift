@@ -92,7 +92,7 @@ public final class LiveQuery: Sendable {
             if let view { state.rows = view }
             for event in events {
                 switch event {
-                case .snapshot, .reset, .resynced:
+                case .snapshot, .reset, .resynced, .cursor:
                     break
                 case .changes(let changes):
                     for change in changes {

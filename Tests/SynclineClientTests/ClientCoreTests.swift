@@ -152,7 +152,8 @@ struct ClientCoreFeedTests {
         #expect(h.view(key).count == 1)
         #expect(h.store.feeds.first?.cursor == "E.7")
         #expect(h.store.feeds.first?.rows.map(\.row["balance"]) == [.number("1149.50")])
-        let events = h.published[key] ?? []
+        let events = (h.published[key] ?? []).filter { if case .cursor = $0 { return false } else { return true } }
+        #expect((h.published[key] ?? []).contains(.cursor("E.7")))
         #expect(events.count == 3)
         #expect(events[0] == .snapshot([try! JSONParser.parse(account("a", "1250.00")), try! JSONParser.parse(account("b", "3"))]))
         #expect(events[1] == .live)
@@ -178,7 +179,7 @@ struct ClientCoreFeedTests {
         #expect(h.view(key).count == 2)  // the old rows stay until the new snapshot is complete
         h.receive("{\"type\":\"snapshot\",\"sub\":\"\(id)\",\"cursor\":\"E.90\",\"done\":true,\"rows\":[\(account("c", "9"))]}")
         #expect(Array(h.view(key).keys) == ["{\"id\":\"c\"}"])
-        #expect(h.published[key]?.last == .reset([try! JSONParser.parse(account("c", "9"))]))
+        #expect(h.published[key]?.suffix(2) == [.reset([try! JSONParser.parse(account("c", "9"))]), .cursor("E.90")])
         #expect(h.store.feeds.first?.rows.count == 1)
         #expect(h.store.feeds.first?.cursor == "E.90")
     }
@@ -217,7 +218,7 @@ struct ClientCoreFeedTests {
         h.receive("{\"type\":\"subscribed\",\"id\":\"\(id)\",\"mode\":\"snapshot\",\"cursor\":\"E.1\"}")
         h.receive("{\"type\":\"snapshot\",\"sub\":\"\(id)\",\"cursor\":\"E.1\",\"done\":true,\"rows\":[]}")
         h.receive("{\"type\":\"message\",\"sub\":\"\(id)\",\"cursor\":\"E.3\",\"topic\":\"user:alice\",\"payload\":{\"amount\":96.40}}")
-        #expect(h.topicEvents[topic] == [.message(TopicMessage(topic: "user:alice", payload: ["amount": .number("96.40")], cursor: "E.3"))])
+        #expect(h.topicEvents[topic]?.filter { if case .cursor = $0 { return false } else { return true } } == [.message(TopicMessage(topic: "user:alice", payload: ["amount": .number("96.40")], cursor: "E.3"))])
         #expect(h.store.feeds.first?.cursor == "E.3")
         h.receive("{\"type\":\"revoked\",\"sub\":\"\(id)\",\"code\":\"forbidden\",\"message\":\"gone\"}")
         #expect(h.topicEvents[topic]?.last == .ended(code: "forbidden", message: "gone"))

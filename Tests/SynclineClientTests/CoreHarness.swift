@@ -111,7 +111,8 @@ struct CoreHarness {
         }
     }
 
-    /// Sent messages of `type`, and forgets everything sent so far.
+    /// Sent messages, forgetting them.
+    @discardableResult
     mutating func takeSent() -> [JSONValue] {
         defer { sent = [] }
         return sent

@@ -190,6 +190,7 @@ final class QueryRecorder: Sendable {
             case .changes: return "changes"
             case .reset: return "reset"
             case .live: return "live"
+            case .cursor: return "cursor"
             case .resynced: return "resynced"
             case .ended: return "ended"
             }

@@ -68,6 +68,7 @@ Task.detached {
         switch event {
         case .snapshot, .reset, .resynced, .changes: show()
         case .live: say("live")
+        case .cursor: break
         case .ended(let code, let message): say("query ended: \(code) \(message)")
         }
     }
