@@ -180,14 +180,6 @@ extension ClientCore {
             break
         }
         guard mutations[i].state == .sent || mutations[i].state == .erroring else { return }  // the rest of a cascade
-        let firstUndecided = mutations.firstIndex { !$0.isAnswered }
-        if code == "out_of_order", firstUndecided == i, case .ready(let id) = link {
-            // The server expects another mid than our first undecided one: learn its last_mid anew.
-            out.append(.close(id, code: 1000))
-            disconnected()
-            scheduleReconnect(immediately: true)
-            return
-        }
         // unavailable, rate_limited, out_of_order, internal and unknown codes: not decided. Every
         // later mid in flight gets an error too; once those are in, resend from this one in order.
         mutations[i].state = .queued

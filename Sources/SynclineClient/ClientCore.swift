@@ -396,7 +396,11 @@ struct ClientCore {
         guard reconcileMIDs(lastMID: lastMID) else { return }
         // Resubscribe first, then resend: an ack waits for the connection's feeds, so the resent
         // mutations' effects arrive in feeds that are already open.
-        for key in feeds.keys.sorted() where feeds[key]!.holders > 0 { subscribeFeed(key) }
+        for key in feeds.keys.sorted() where feeds[key]!.holders > 0 {
+            // An ended feed (forbidden, not_found, revoked) stays ended: no retry loop.
+            if case .ended = feeds[key]!.phase { continue }
+            subscribeFeed(key)
+        }
         sendQueuedMutations()
     }
 }

@@ -114,9 +114,10 @@ struct ClientCoreMutationTests {
         h.fire(.mutationRetry)
         #expect(h.takeSent().compactMap { $0["mid"]?.int64 } == [2])
         h.receive("{\"type\":\"error\",\"code\":\"out_of_order\",\"message\":\"expected mid 3\",\"ref\":2}")
-        // mid 2 is the first undecided one: the server expects another number; reconnect to learn last_mid.
-        #expect(h.core.link == .waiting)
-        #expect(h.timers[.reconnect]!.at == h.now)
+        // Resent from the first undecided mid after a backoff (writing-a-client §5.2).
+        #expect(h.timers[.mutationRetry]!.at - h.now <= .milliseconds(500))
+        h.fire(.mutationRetry)
+        #expect(h.takeSent().compactMap { $0["mid"]?.int64 } == [2])
     }
 
     @Test func outcomeExpiredIsItsOwnDecision() {
