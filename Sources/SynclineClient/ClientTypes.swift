@@ -201,6 +201,18 @@ public enum SynclineClientError: Error, Sendable, Hashable, CustomStringConverti
     /// The store could not be written. Fatal: what is not durable must not be sent.
     case store(String)
 
+    /// A short code, as syncline.js reports the same problems (`client_id_in_use`, `forbidden`, …).
+    public var code: String {
+        switch self {
+        case .clientIDInUse: return "client_id_in_use"
+        case .forbidden: return "forbidden"
+        case .protocolViolation(let code, _): return "closed_\(code)"
+        case .server(let code, _): return code
+        case .tokenUnavailable: return "token_unavailable"
+        case .store: return "store"
+        }
+    }
+
     /// Whether the client stopped because of it.
     public var isFatal: Bool {
         switch self {

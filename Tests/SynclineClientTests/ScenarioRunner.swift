@@ -250,16 +250,3 @@ struct ScenarioRunner {
     }
 }
 
-extension SynclineClientError {
-    /// The code scenarios and reports use (`client_id_in_use`, …).
-    var code: String {
-        switch self {
-        case .clientIDInUse: return "client_id_in_use"
-        case .forbidden: return "forbidden"
-        case .protocolViolation(let code, _): return "closed_\(code)"
-        case .server(let code, _): return code
-        case .tokenUnavailable: return "token_unavailable"
-        case .store: return "store"
-        }
-    }
-}

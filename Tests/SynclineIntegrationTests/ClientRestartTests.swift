@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import PostgresNIO
 import SynclineClient
 import Testing
@@ -31,6 +32,8 @@ struct ClientRestartTests {
         defer { storePath.remove() }
         let store = try await SQLiteClientStore(path: storePath.path)
         let client = makeClient(url: server.url, store: store, cap: .seconds(2))
+        let statuses = NIOLockedValueBox<[ClientStatus.State]>([])
+        let watcher = Task { for await status in client.statusUpdates() { statuses.withLockedValue { $0.append(status.state) } } }
         let query = try await client.subscribe(collection: "transactions", where: ["account_id": "alice-checking"])
         let recorder = QueryRecorder(query)
         try await eventually("live") { client.status.state == .live }
@@ -53,6 +56,12 @@ struct ClientRestartTests {
         try await eventually("live again") { client.status.state == .live }
         let reconnect = ContinuousClock.now - ready
         print("measured: \(signal == SIGKILL ? "SIGKILL" : "SIGTERM") restart → client live \(reconnect) after /readyz (backoff cap 2 s)")
+        // The status sequence went live → offline → (resyncing →) live.
+        let seen = statuses.withLockedValue { $0 }
+        #expect(seen.first == .connecting)
+        let afterOutage = seen.drop { $0 != .offline }
+        #expect(afterOutage.first == .offline && afterOutage.last == .live, "\(seen)")
+        watcher.cancel()
         try await writer.value
 
         let expected = try Self.postgresRows(server.database)
