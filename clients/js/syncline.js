@@ -1523,9 +1523,16 @@ class Client extends Emitter {
   }
 
   async _lead(token) {
-    const store = typeof this._storage === "object" ? this._storage : this._storage === "indexeddb" ? new IndexedDbStore(this._ns) : new MemoryStore();
+    let store = typeof this._storage === "object" ? this._storage : this._storage === "indexeddb" ? new IndexedDbStore(this._ns) : new MemoryStore();
+    let stored;
+    try { stored = await store.load(); }
+    catch (e) {
+      // No usable IndexedDB (private mode, quota, blocked): keep working, without durability.
+      this._fire("error", new SynclineError("storage_failed", `could not open the store, using memory: ${e && e.message}`));
+      store = new MemoryStore();
+      stored = await store.load();
+    }
     this._store = store;
-    const stored = await store.load();
     if (this._closed) return;
     const core = new SyncCore({ stored, mutatorsFn: () => this.mutators, keys: this.options.keys, backoff: this.options.backoff, heartbeatMs: this.options.heartbeatMs });
     this._engine = new Engine({ url: this.url, getToken: this.options.getToken, store, core, onAction: (a) => this._onAction(a), WebSocketImpl: this.options.WebSocket });
