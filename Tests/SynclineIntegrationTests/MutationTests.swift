@@ -197,7 +197,13 @@ struct MutationTests {
 
     @Test("a lost connection mid-batch answers every member `unavailable`; nothing is half-applied; resend applies once")
     func commitFailure() async throws {
-        try await TestServer.with(configure: { $0.server.mutations.lanes = 1 }) { server in
+        // The batch's time limit (and the sleeper holding it open) far past the wait for the
+        // sleeper below: on a loaded machine the batch must still be open when its backend is killed,
+        // not already timed out and re-run one by one (seen at 5 s with a 5 s sleeper).
+        try await TestServer.with(configure: {
+            $0.server.mutations.lanes = 1
+            $0.server.mutations.batchTimeout = .seconds(60)
+        }) { server in
             try Self.installSleeper(server)
             let alice = try await TestClient.open(server, sub: "alice")
             let bob = try await TestClient.open(server, sub: "bob")
@@ -207,7 +213,7 @@ struct MutationTests {
             try await Task.sleep(for: .milliseconds(100))
             // Queued behind the blocker: transfer, then a sleeper that holds the batch open.
             alice.send(Self.transfer(1, amount: "50"))
-            bob.send(Self.mutate(1, "test_sleep", "{\"s\":5}"))
+            bob.send(Self.mutate(1, "test_sleep", "{\"s\":30}"))
             bob.send(Self.transfer(2, from: "bob-checking", to: "alice-checking", amount: "5"))
             #expect(try await Self.answer(blocker)["type"] == .string("ack"))
             // Wait until that batch is inside bob's sleeper (so the transfer before it ran), rather
