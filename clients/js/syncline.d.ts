@@ -105,6 +105,8 @@ export interface ConnectOptions {
   user?: string;
   /** Key columns per collection when not `id` (learned from changes otherwise). */
   keys?: Record<string, string[]>;
+  /** A mutation whose message is larger fails at once with `message_too_big` (default 1 MiB, the server's default). */
+  maxMessageBytes?: number;
   /** A WebSocket constructor (e.g. outside browsers). */
   WebSocket?: any;
 }

@@ -351,6 +351,7 @@ export class SyncCore {
    * @param {{baseMs?:number, capMs?:number}} [o.backoff]
    * @param {number} [o.heartbeatMs] overrides welcome.heartbeat_ms
    * @param {number} [o.maxInFlight] mutations sent but unanswered at most (default 64)
+   * @param {number} [o.maxMessageBytes] a mutate larger than this fails at once (default 1 MiB, the server's default)
    * @param {() => number} [o.now] @param {() => number} [o.random]
    */
   constructor(o = {}) {
@@ -362,6 +363,7 @@ export class SyncCore {
     this.backoff = { baseMs: 250, capMs: 10_000, ...(o.backoff || {}) };
     this.heartbeatOverride = o.heartbeatMs;
     this.maxInFlight = o.maxInFlight || 64;
+    this.maxMessageBytes = o.maxMessageBytes || 1_048_576; // the server's --max-message-bytes default
     const st = o.stored || {};
     this.out = [];
     this.idSeq = 0;
@@ -1008,6 +1010,13 @@ export class SyncCore {
       const same = this.queue.concat(this.decided).find((m) => m.origin && m.origin.page === origin.page && m.origin.req === origin.req);
       if (same) { this._emit({ type: "accepted", id: same.id, mid: same.mid, origin }); return { id: same.id, mid: same.mid, actions: this._take() }; }
     }
+    // One the server would refuse by closing 1009 on every resend would block the queue: fail it now.
+    const bytes = new TextEncoder().encode(stringifyJSON({ type: "mutate", mid: this.nextMid, name, args: args ?? {} })).length;
+    if (bytes > this.maxMessageBytes) {
+      const error = new SynclineError("message_too_big", `mutate '${name}' is ${bytes} bytes, more than the ${this.maxMessageBytes} the server accepts`, { bytes, max: this.maxMessageBytes });
+      this._emit({ type: "outcome", id: null, mid: null, name, args, origin, earlier: false, ok: false, error });
+      return { id: null, mid: null, actions: this._take() };
+    }
     const m = { id: `${this.now().toString(36)}-${++this.idSeq}-${randomHex(8, this.random)}`, mid: this.nextMid++, name, args: args ?? {}, origin, ticket: 0, sent: false, sentGen: null, earlier: false };
     m.ticket = this._persist([["putMutation", this._record(m)], ["meta", { clientId: this.clientId, nextMid: this.nextMid }]]);
     this.queue.push(m);
@@ -1534,7 +1543,7 @@ class Client extends Emitter {
     }
     this._store = store;
     if (this._closed) return;
-    const core = new SyncCore({ stored, mutatorsFn: () => this.mutators, keys: this.options.keys, backoff: this.options.backoff, heartbeatMs: this.options.heartbeatMs });
+    const core = new SyncCore({ stored, mutatorsFn: () => this.mutators, keys: this.options.keys, backoff: this.options.backoff, heartbeatMs: this.options.heartbeatMs, maxMessageBytes: this.options.maxMessageBytes });
     this._engine = new Engine({ url: this.url, getToken: this.options.getToken, store, core, onAction: (a) => this._onAction(a), WebSocketImpl: this.options.WebSocket });
     this._role = "leader";
     this.status = { ...this.status, leader: true };
@@ -1759,6 +1768,6 @@ function forgetUser(url) {
  * Connect to a Syncline server.
  * @param {{url: string, getToken: () => Promise<string>|string, storage?: "indexeddb"|"memory",
  *   backoff?: {baseMs?: number, capMs?: number}, heartbeatMs?: number, name?: string, user?: string,
- *   keys?: Record<string, string[]>, WebSocket?: any}} options
+ *   keys?: Record<string, string[]>, maxMessageBytes?: number, WebSocket?: any}} options
  */
 export function connect(options) { return new Client(options); }

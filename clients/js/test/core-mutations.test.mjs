@@ -328,3 +328,15 @@ test("a request re-sent by a tab after a leader handover is not queued twice (de
   h.start().open().welcome(0);
   assert.deepEqual(h.takeSent().filter((m) => m.type === "mutate").map((m) => m.mid), [1]);
 });
+
+test("a mutation larger than the server accepts fails at once with message_too_big and uses no mid", () => {
+  const h = new Harness();
+  h.start().open().welcome(0);
+  h.takeSent();
+  const r = h.mutate("n", { blob: "x".repeat(1_048_576) });
+  assert.equal(r.mid, null);
+  assert.equal(h.outcomes[0].error.code, "message_too_big");
+  assert.deepEqual(h.takeSent(), []);
+  assert.equal(h.store.loadSync().mutations.length, 0);
+  assert.equal(h.mutate("n", { small: 1 }).mid, 1);
+});
