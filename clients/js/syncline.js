@@ -395,6 +395,7 @@ export class SyncCore {
     this.phase = "idle"; // idle | token | opening | hello | open | closed | stopped
     this.everOpen = false;
     this.attempt = 0;
+    this.refused4001 = 0;
     this.mutationAttempt = 0;
     this.holdMutations = false;
     this.token = null;
@@ -557,9 +558,11 @@ export class SyncCore {
     let delay;
     switch (code) {
       case 1001: case 4008: delay = 0; break; // shutdown / too slow: resume at once (another node)
-      case 4001: // token invalid or expired: a fresh one, then reconnect
+      case 4001: // token invalid or expired (or a server restarted with new keys): a fresh one, then reconnect
         this.token = null;
-        delay = this.attempt > 0 ? backoffDelay(this.attempt, this.backoff, this.random) : 0;
+        // At once the first time since the last welcome, however long the outage before was;
+        // back off only when fresh tokens keep being refused.
+        delay = this.refused4001++ > 0 ? backoffDelay(this.attempt, this.backoff, this.random) : 0;
         this.attempt++;
         break;
       case 4003:
@@ -603,6 +606,7 @@ export class SyncCore {
     if (this.phase !== "hello") return;
     this.phase = "open";
     this.everOpen = true;
+    this.refused4001 = 0;
     this.heartbeatMs = this.heartbeatOverride || msg.heartbeat_ms || 15_000;
     this._clearTimer("pong");
     this._timer("idle", this.heartbeatMs);
