@@ -673,7 +673,11 @@ export class SyncCore {
 
   unsubscribe(holder) { this._unsubscribe(holder); this._status(); return this._take(); }
 
-  _unsubscribe(holder) {
+  /**
+   * @param {boolean} [keepStored] the holder's tab went away (not the app's unsubscribe): keep the
+   *   feed's stored rows and cursor, so that tab's reload starts warm (also offline).
+   */
+  _unsubscribe(holder, keepStored = false) {
     const key = this.holders.get(holder);
     if (key === undefined) return;
     this.holders.delete(holder);
@@ -682,17 +686,24 @@ export class SyncCore {
       f.holders.delete(holder);
       if (!f.holders.size) {
         this.feeds.delete(key);
-        this.stored.delete(key);
         this._clearTimer("feed:" + key);
         if (f.subId !== null) { this.subIds.delete(f.subId); if (this.phase === "open") this._send({ type: "unsubscribe", id: f.subId }); }
-        this._persist([["deleteFeed", key]]);
+        if (keepStored && f.spec.collection !== undefined && f.pubCursor != null) {
+          // What is stored is what was published: the base rows at pubCursor.
+          this.stored.set(key, { key, spec: f.spec, cursor: f.pubCursor, keyCols: this.keyCols[f.spec.collection] || null, rows: [...f.base] });
+        } else if (keepStored && f.spec.topic !== undefined && f.pubCursor != null) {
+          this.stored.set(key, { key, spec: f.spec, cursor: f.pubCursor, rows: [] });
+        } else {
+          this.stored.delete(key);
+          this._persist([["deleteFeed", key]]);
+        }
       }
     }
   }
 
-  /** Drop every holder whose id starts with `prefix` (a tab that went away). */
+  /** Drop every holder whose id starts with `prefix` (a tab that went away); their feeds stay stored. */
   unsubscribePrefix(prefix) {
-    for (const h of [...this.holders.keys()]) if (h.startsWith(prefix)) this._unsubscribe(h);
+    for (const h of [...this.holders.keys()]) if (h.startsWith(prefix)) this._unsubscribe(h, true);
     this._status();
     return this._take();
   }
