@@ -118,7 +118,8 @@ export interface Client {
   on(event: "status", fn: (s: Status) => void): () => void;
   on(event: "settled", fn: (e: Settled) => void): () => void;
   on(event: "error", fn: (e: SynclineError) => void): () => void;
-  mutate(name: string, args?: any): Promise<any>;
+  /** Resolves with the ack's result; `mid` resolves with the mutation id once it is durably queued. */
+  mutate(name: string, args?: any): Promise<any> & { mid: Promise<number> };
   subscribe(collection: string, where?: Record<string, any>, opts?: { key?: string[] }): LiveQuery;
   subscribeTopic(topic: string): TopicSubscription;
   /** Wipes the store (IndexedDB) and closes the socket. */

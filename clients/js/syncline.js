@@ -1599,7 +1599,7 @@ class Client extends Emitter {
         break;
       }
       case "accepted":
-        if (a.origin && a.origin.page === this._page) { const r = this._reqs.get(a.origin.req); if (r) r.accepted = true; }
+        if (a.origin && a.origin.page === this._page) { const r = this._reqs.get(a.origin.req); if (r) { r.accepted = true; r.queued(a.mid); } }
         else if (a.origin) this._post({ t: "accepted", origin: a.origin, mid: a.mid });
         break;
       case "feedError": this._onFeedError(a.feed, a.error); this._post({ t: "feedError", feed: a.feed, error: errorOut(a.error) }); break;
@@ -1629,7 +1629,7 @@ class Client extends Emitter {
       case "message": this._onMessage({ feed: d.feed, ...parseJSON(d.m) }); break;
       case "status": this._setStatus({ ...d.status, leader: false }); break;
       case "outcome": { const o = parseJSON(d.o); this._onOutcome({ ...o, error: o.error ? errorFrom(o.error) : undefined }); break; }
-      case "accepted": if (d.origin && d.origin.page === this._page) { const r = this._reqs.get(d.origin.req); if (r) r.accepted = true; } break;
+      case "accepted": if (d.origin && d.origin.page === this._page) { const r = this._reqs.get(d.origin.req); if (r) { r.accepted = true; r.queued(d.mid); } } break;
       case "feedError": this._onFeedError(d.feed, errorFrom(d.error)); break;
       case "error": this._fire("error", errorFrom(d.error)); break;
       case "loggedOut": this._closeLocal(); if (this._loggedOut) this._loggedOut(); break;
@@ -1720,11 +1720,16 @@ class Client extends Emitter {
   /**
    * Run mutator `name` on the server; its optimistic effect (`client.mutators[name]`) shows at once.
    * Resolves with the ack's result; rejects with a SynclineError (code of the reject, or `outcome_expired`).
+   * The returned promise's `mid` property is a promise of the mutation id, resolved once it is durably queued.
    */
   mutate(name, args = {}) {
     if (this._closed) return Promise.reject(new SynclineError("closed", "client closed"));
     const req = ++this._seq;
-    const p = new Promise((resolve, reject) => this._reqs.set(req, { resolve, reject, name, args, accepted: false }));
+    let queued;
+    const mid = new Promise((resolve) => { queued = resolve; });
+    const p = new Promise((resolve, reject) => this._reqs.set(req, { resolve, reject, name, args, accepted: false, queued }));
+    // The mid is known once the mutation is durably queued (in a follower tab, after the leader answers).
+    p.mid = mid;
     if (this._role === "leader" && this._engine) this._engine.run(this._engine.core.mutate(name, args, { page: this._page, req }).actions);
     else if (this._role === "follower") this._post({ t: "mutate", from: this._page, req, name, args: stringifyJSON(args) });
     return p;

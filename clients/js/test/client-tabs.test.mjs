@@ -96,6 +96,7 @@ test("one tab: subscribe, mutate with overlay, ack resolves, reject rejects with
   server.send(ws, `{"type":"changes","sub":"${sub.id}","cursor":"E.2","changes":[{"op":"update","key":{"id":"chk"},"row":{"id":"chk","owner":"alice","balance":1249.50}}]}`);
   server.send(ws, { type: "ack", mid: 1, cursor: "E.2", result: { ok: true } });
   assert.deepEqual(await within(p, "ack"), { ok: true });
+  assert.equal(await within(p.mid, "mid"), 1);
   assert.ok(!q.isPending({ id: "chk" }));
   const p2 = c.mutate("transfer", { from: "chk", to: "x", amount: 5000 });
   await until(() => ws.sent.length === 4, "mutate 2");
@@ -141,6 +142,7 @@ test("two tabs: one socket; the other tab's subscribe and mutate go through the 
   server.send(ws, `{"type":"changes","sub":"${sub.id}","cursor":"E.2","changes":[{"op":"update","key":{"id":"chk"},"row":{"id":"chk","owner":"alice","balance":98.75}}]}`);
   server.send(ws, { type: "ack", mid: 1, cursor: "E.2", result: null });
   assert.equal(await within(p1, "B's ack"), null);
+  assert.equal(await within(p1.mid, "B's mid from the leader"), 1);
   await until(() => settledA.length === 1, "A hears of B's outcome");
   assert.equal(settledA[0].mid, 1);
 
