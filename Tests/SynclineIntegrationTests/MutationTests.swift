@@ -40,6 +40,17 @@ struct MutationTests {
     }
 
     /// A mutator that sleeps `args.s` seconds: it keeps a batch busy so that others queue behind it.
+    /// Waits (up to 10 s) until the executor's connection is inside `test_sleep`.
+    static func waitForSleeper(_ server: TestServer) async throws {
+        let sleeping = ContinuousClock.now + .seconds(10)
+        while try server.database.value("""
+            SELECT count(*) FROM pg_stat_activity
+            WHERE application_name = 'syncline-mutations' AND datname = current_database() AND wait_event = 'PgSleep'
+            """) != "1", ContinuousClock.now < sleeping {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+    }
+
     static func installSleeper(_ server: TestServer) throws {
         _ = try server.database.psql("""
             CREATE FUNCTION public.test_sleep(args jsonb) RETURNS jsonb LANGUAGE sql AS $$
@@ -174,8 +185,10 @@ struct MutationTests {
             let blocker = try await TestClient.open(server, sub: "alice")
             var clients: [TestClient] = []
             for sub in ["alice", "alice", "bob", "bob"] { clients.append(try await TestClient.open(server, sub: sub)) }
-            blocker.send(Self.mutate(1, "test_sleep", "{\"s\":0.5}"))
-            try await Task.sleep(for: .milliseconds(150))
+            // The sleeper holds the lane long enough for the four below to queue even on a loaded
+            // machine (0.5 s was seen too short there: they were split over two batches).
+            blocker.send(Self.mutate(1, "test_sleep", "{\"s\":3}"))
+            try await Self.waitForSleeper(server)
             // These queue while the sleeper's batch runs, and go together in the next one.
             clients[0].send(Self.transfer(1, amount: "100"))
             clients[1].send(Self.transfer(1, from: "alice-savings", amount: "20000"))  // insufficient
@@ -197,7 +210,13 @@ struct MutationTests {
 
     @Test("a lost connection mid-batch answers every member `unavailable`; nothing is half-applied; resend applies once")
     func commitFailure() async throws {
-        try await TestServer.with(configure: { $0.server.mutations.lanes = 1 }) { server in
+        // The batch's time limit (and the sleeper holding it open) far past the wait for the
+        // sleeper below: on a loaded machine the batch must still be open when its backend is killed,
+        // not already timed out and re-run one by one (seen at 5 s with a 5 s sleeper).
+        try await TestServer.with(configure: {
+            $0.server.mutations.lanes = 1
+            $0.server.mutations.batchTimeout = .seconds(60)
+        }) { server in
             try Self.installSleeper(server)
             let alice = try await TestClient.open(server, sub: "alice")
             let bob = try await TestClient.open(server, sub: "bob")
@@ -207,18 +226,12 @@ struct MutationTests {
             try await Task.sleep(for: .milliseconds(100))
             // Queued behind the blocker: transfer, then a sleeper that holds the batch open.
             alice.send(Self.transfer(1, amount: "50"))
-            bob.send(Self.mutate(1, "test_sleep", "{\"s\":5}"))
+            bob.send(Self.mutate(1, "test_sleep", "{\"s\":30}"))
             bob.send(Self.transfer(2, from: "bob-checking", to: "alice-checking", amount: "5"))
             #expect(try await Self.answer(blocker)["type"] == .string("ack"))
             // Wait until that batch is inside bob's sleeper (so the transfer before it ran), rather
             // than for a fixed time, which a loaded machine can outlast or fall short of.
-            let sleeping = ContinuousClock.now + .seconds(10)
-            while try server.database.value("""
-                SELECT count(*) FROM pg_stat_activity
-                WHERE application_name = 'syncline-mutations' AND datname = current_database() AND wait_event = 'PgSleep'
-                """) != "1", ContinuousClock.now < sleeping {
-                try await Task.sleep(for: .milliseconds(50))
-            }
+            try await Self.waitForSleeper(server)
             // Kill the executor's backend while that batch is open.
             _ = try server.database.psql("""
                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity

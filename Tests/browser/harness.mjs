@@ -160,6 +160,26 @@ export class Harness {
     }, { from, to, amount, memo });
   }
 
+  /**
+   * Records the tab's WebSocket handshakes (101 or not) and closes from DevTools' Network events,
+   * so a slow reconnect can be explained: returns a function giving the ones at or after `since`,
+   * as text like "+3327 ms 101, closed +14 ms".
+   */
+  async watchWebSockets(page) {
+    await page.send("Network.enable");
+    const sockets = new Map();  // requestId -> {opened, status, closed}
+    page.browser.onEvent((m) => {
+      if (m.sessionId !== page.sessionId) return;
+      if (m.method === "Network.webSocketCreated") sockets.set(m.params.requestId, { opened: Date.now() });
+      const s = sockets.get(m.params?.requestId);
+      if (!s) return;
+      if (m.method === "Network.webSocketHandshakeResponseReceived") s.status = m.params.response.status;
+      if (m.method === "Network.webSocketClosed") s.closed = Date.now();
+    });
+    return (since) => [...sockets.values()].filter((s) => s.opened >= since && s.status).map((s) =>
+      `+${s.opened - since} ms ${s.status}${s.closed ? `, closed after ${s.closed - s.opened} ms` : ""}`);
+  }
+
   /** The recorder's data (see recorder.mjs). */
   recorded(page) { return page.evaluate(() => window.__rec); }
 

@@ -105,6 +105,8 @@ export interface ConnectOptions {
   user?: string;
   /** Key columns per collection when not `id` (learned from changes otherwise). */
   keys?: Record<string, string[]>;
+  /** A mutation whose message is larger fails at once with `message_too_big` (default 1 MiB, the server's default). */
+  maxMessageBytes?: number;
   /** A WebSocket constructor (e.g. outside browsers). */
   WebSocket?: any;
 }
@@ -116,7 +118,8 @@ export interface Client {
   on(event: "status", fn: (s: Status) => void): () => void;
   on(event: "settled", fn: (e: Settled) => void): () => void;
   on(event: "error", fn: (e: SynclineError) => void): () => void;
-  mutate(name: string, args?: any): Promise<any>;
+  /** Resolves with the ack's result; `mid` resolves with the mutation id once it is durably queued. */
+  mutate(name: string, args?: any): Promise<any> & { mid: Promise<number> };
   subscribe(collection: string, where?: Record<string, any>, opts?: { key?: string[] }): LiveQuery;
   subscribeTopic(topic: string): TopicSubscription;
   /** Wipes the store (IndexedDB) and closes the socket. */

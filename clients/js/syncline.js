@@ -351,6 +351,7 @@ export class SyncCore {
    * @param {{baseMs?:number, capMs?:number}} [o.backoff]
    * @param {number} [o.heartbeatMs] overrides welcome.heartbeat_ms
    * @param {number} [o.maxInFlight] mutations sent but unanswered at most (default 64)
+   * @param {number} [o.maxMessageBytes] a mutate larger than this fails at once (default 1 MiB, the server's default)
    * @param {() => number} [o.now] @param {() => number} [o.random]
    */
   constructor(o = {}) {
@@ -362,6 +363,7 @@ export class SyncCore {
     this.backoff = { baseMs: 250, capMs: 10_000, ...(o.backoff || {}) };
     this.heartbeatOverride = o.heartbeatMs;
     this.maxInFlight = o.maxInFlight || 64;
+    this.maxMessageBytes = o.maxMessageBytes || 1_048_576; // the server's --max-message-bytes default
     const st = o.stored || {};
     this.out = [];
     this.idSeq = 0;
@@ -393,6 +395,7 @@ export class SyncCore {
     this.phase = "idle"; // idle | token | opening | hello | open | closed | stopped
     this.everOpen = false;
     this.attempt = 0;
+    this.refused4001 = 0;
     this.mutationAttempt = 0;
     this.holdMutations = false;
     this.token = null;
@@ -555,9 +558,11 @@ export class SyncCore {
     let delay;
     switch (code) {
       case 1001: case 4008: delay = 0; break; // shutdown / too slow: resume at once (another node)
-      case 4001: // token invalid or expired: a fresh one, then reconnect
+      case 4001: // token invalid or expired (or a server restarted with new keys): a fresh one, then reconnect
         this.token = null;
-        delay = this.attempt > 0 ? backoffDelay(this.attempt, this.backoff, this.random) : 0;
+        // At once the first time since the last welcome, however long the outage before was;
+        // back off only when fresh tokens keep being refused.
+        delay = this.refused4001++ > 0 ? backoffDelay(this.attempt, this.backoff, this.random) : 0;
         this.attempt++;
         break;
       case 4003:
@@ -601,6 +606,7 @@ export class SyncCore {
     if (this.phase !== "hello") return;
     this.phase = "open";
     this.everOpen = true;
+    this.refused4001 = 0;
     this.heartbeatMs = this.heartbeatOverride || msg.heartbeat_ms || 15_000;
     this._clearTimer("pong");
     this._timer("idle", this.heartbeatMs);
@@ -667,7 +673,11 @@ export class SyncCore {
 
   unsubscribe(holder) { this._unsubscribe(holder); this._status(); return this._take(); }
 
-  _unsubscribe(holder) {
+  /**
+   * @param {boolean} [keepStored] the holder's tab went away (not the app's unsubscribe): keep the
+   *   feed's stored rows and cursor, so that tab's reload starts warm (also offline).
+   */
+  _unsubscribe(holder, keepStored = false) {
     const key = this.holders.get(holder);
     if (key === undefined) return;
     this.holders.delete(holder);
@@ -676,17 +686,24 @@ export class SyncCore {
       f.holders.delete(holder);
       if (!f.holders.size) {
         this.feeds.delete(key);
-        this.stored.delete(key);
         this._clearTimer("feed:" + key);
         if (f.subId !== null) { this.subIds.delete(f.subId); if (this.phase === "open") this._send({ type: "unsubscribe", id: f.subId }); }
-        this._persist([["deleteFeed", key]]);
+        if (keepStored && f.spec.collection !== undefined && f.pubCursor != null) {
+          // What is stored is what was published: the base rows at pubCursor.
+          this.stored.set(key, { key, spec: f.spec, cursor: f.pubCursor, keyCols: this.keyCols[f.spec.collection] || null, rows: [...f.base] });
+        } else if (keepStored && f.spec.topic !== undefined && f.pubCursor != null) {
+          this.stored.set(key, { key, spec: f.spec, cursor: f.pubCursor, rows: [] });
+        } else {
+          this.stored.delete(key);
+          this._persist([["deleteFeed", key]]);
+        }
       }
     }
   }
 
-  /** Drop every holder whose id starts with `prefix` (a tab that went away). */
+  /** Drop every holder whose id starts with `prefix` (a tab that went away); their feeds stay stored. */
   unsubscribePrefix(prefix) {
-    for (const h of [...this.holders.keys()]) if (h.startsWith(prefix)) this._unsubscribe(h);
+    for (const h of [...this.holders.keys()]) if (h.startsWith(prefix)) this._unsubscribe(h, true);
     this._status();
     return this._take();
   }
@@ -1007,6 +1024,13 @@ export class SyncCore {
     if (origin) {
       const same = this.queue.concat(this.decided).find((m) => m.origin && m.origin.page === origin.page && m.origin.req === origin.req);
       if (same) { this._emit({ type: "accepted", id: same.id, mid: same.mid, origin }); return { id: same.id, mid: same.mid, actions: this._take() }; }
+    }
+    // One the server would refuse by closing 1009 on every resend would block the queue: fail it now.
+    const bytes = new TextEncoder().encode(stringifyJSON({ type: "mutate", mid: this.nextMid, name, args: args ?? {} })).length;
+    if (bytes > this.maxMessageBytes) {
+      const error = new SynclineError("message_too_big", `mutate '${name}' is ${bytes} bytes, more than the ${this.maxMessageBytes} the server accepts`, { bytes, max: this.maxMessageBytes });
+      this._emit({ type: "outcome", id: null, mid: null, name, args, origin, earlier: false, ok: false, error });
+      return { id: null, mid: null, actions: this._take() };
     }
     const m = { id: `${this.now().toString(36)}-${++this.idSeq}-${randomHex(8, this.random)}`, mid: this.nextMid++, name, args: args ?? {}, origin, ticket: 0, sent: false, sentGen: null, earlier: false };
     m.ticket = this._persist([["putMutation", this._record(m)], ["meta", { clientId: this.clientId, nextMid: this.nextMid }]]);
@@ -1523,11 +1547,18 @@ class Client extends Emitter {
   }
 
   async _lead(token) {
-    const store = typeof this._storage === "object" ? this._storage : this._storage === "indexeddb" ? new IndexedDbStore(this._ns) : new MemoryStore();
+    let store = typeof this._storage === "object" ? this._storage : this._storage === "indexeddb" ? new IndexedDbStore(this._ns) : new MemoryStore();
+    let stored;
+    try { stored = await store.load(); }
+    catch (e) {
+      // No usable IndexedDB (private mode, quota, blocked): keep working, without durability.
+      this._fire("error", new SynclineError("storage_failed", `could not open the store, using memory: ${e && e.message}`));
+      store = new MemoryStore();
+      stored = await store.load();
+    }
     this._store = store;
-    const stored = await store.load();
     if (this._closed) return;
-    const core = new SyncCore({ stored, mutatorsFn: () => this.mutators, keys: this.options.keys, backoff: this.options.backoff, heartbeatMs: this.options.heartbeatMs });
+    const core = new SyncCore({ stored, mutatorsFn: () => this.mutators, keys: this.options.keys, backoff: this.options.backoff, heartbeatMs: this.options.heartbeatMs, maxMessageBytes: this.options.maxMessageBytes });
     this._engine = new Engine({ url: this.url, getToken: this.options.getToken, store, core, onAction: (a) => this._onAction(a), WebSocketImpl: this.options.WebSocket });
     this._role = "leader";
     this.status = { ...this.status, leader: true };
@@ -1568,7 +1599,7 @@ class Client extends Emitter {
         break;
       }
       case "accepted":
-        if (a.origin && a.origin.page === this._page) { const r = this._reqs.get(a.origin.req); if (r) r.accepted = true; }
+        if (a.origin && a.origin.page === this._page) { const r = this._reqs.get(a.origin.req); if (r) { r.accepted = true; r.queued(a.mid); } }
         else if (a.origin) this._post({ t: "accepted", origin: a.origin, mid: a.mid });
         break;
       case "feedError": this._onFeedError(a.feed, a.error); this._post({ t: "feedError", feed: a.feed, error: errorOut(a.error) }); break;
@@ -1598,7 +1629,7 @@ class Client extends Emitter {
       case "message": this._onMessage({ feed: d.feed, ...parseJSON(d.m) }); break;
       case "status": this._setStatus({ ...d.status, leader: false }); break;
       case "outcome": { const o = parseJSON(d.o); this._onOutcome({ ...o, error: o.error ? errorFrom(o.error) : undefined }); break; }
-      case "accepted": if (d.origin && d.origin.page === this._page) { const r = this._reqs.get(d.origin.req); if (r) r.accepted = true; } break;
+      case "accepted": if (d.origin && d.origin.page === this._page) { const r = this._reqs.get(d.origin.req); if (r) { r.accepted = true; r.queued(d.mid); } } break;
       case "feedError": this._onFeedError(d.feed, errorFrom(d.error)); break;
       case "error": this._fire("error", errorFrom(d.error)); break;
       case "loggedOut": this._closeLocal(); if (this._loggedOut) this._loggedOut(); break;
@@ -1689,11 +1720,16 @@ class Client extends Emitter {
   /**
    * Run mutator `name` on the server; its optimistic effect (`client.mutators[name]`) shows at once.
    * Resolves with the ack's result; rejects with a SynclineError (code of the reject, or `outcome_expired`).
+   * The returned promise's `mid` property is a promise of the mutation id, resolved once it is durably queued.
    */
   mutate(name, args = {}) {
     if (this._closed) return Promise.reject(new SynclineError("closed", "client closed"));
     const req = ++this._seq;
-    const p = new Promise((resolve, reject) => this._reqs.set(req, { resolve, reject, name, args, accepted: false }));
+    let queued;
+    const mid = new Promise((resolve) => { queued = resolve; });
+    const p = new Promise((resolve, reject) => this._reqs.set(req, { resolve, reject, name, args, accepted: false, queued }));
+    // The mid is known once the mutation is durably queued (in a follower tab, after the leader answers).
+    p.mid = mid;
     if (this._role === "leader" && this._engine) this._engine.run(this._engine.core.mutate(name, args, { page: this._page, req }).actions);
     else if (this._role === "follower") this._post({ t: "mutate", from: this._page, req, name, args: stringifyJSON(args) });
     return p;
@@ -1752,6 +1788,6 @@ function forgetUser(url) {
  * Connect to a Syncline server.
  * @param {{url: string, getToken: () => Promise<string>|string, storage?: "indexeddb"|"memory",
  *   backoff?: {baseMs?: number, capMs?: number}, heartbeatMs?: number, name?: string, user?: string,
- *   keys?: Record<string, string[]>, WebSocket?: any}} options
+ *   keys?: Record<string, string[]>, maxMessageBytes?: number, WebSocket?: any}} options
  */
 export function connect(options) { return new Client(options); }

@@ -38,6 +38,21 @@ async function until(cond, what, ms = 3000) {
   while (!cond()) { if (Date.now() - t0 > ms) throw new Error(`timed out waiting for ${what}`); await new Promise((r) => setTimeout(r, 2)); }
 }
 
+/** Awaits `p`, failing after `ms` instead of hanging the test. */
+async function within(p, what, ms = 3000) {
+  let timer;
+  const t = new Promise((_, reject) => { timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms); });
+  try { return await Promise.race([p, t]); } finally { clearTimeout(timer); }
+}
+
+/** Runs a test body and closes every client it made, also when it fails (open channels keep Node alive). */
+function closing(fn) {
+  return async () => {
+    const made = [];
+    try { await fn(made); } finally { for (const c of made) { try { c.close(); } catch { /* closed */ } } }
+  };
+}
+
 const token = async () => devToken({ sub: "alice", exp: Math.floor(Date.now() / 1000) + 3600 });
 const transfer = (rows, a) => { rows.update("accounts", { id: a.from }, (r) => ({ ...r, balance: Decimal.from(r.balance).minus(a.amount) })); };
 
@@ -47,9 +62,10 @@ function tab(server, store, locks, name = "t") {
   return c;
 }
 
-test("one tab: subscribe, mutate with overlay, ack resolves, reject rejects with SynclineError, change events, ready", async () => {
+test("one tab: subscribe, mutate with overlay, ack resolves, reject rejects with SynclineError, change events, ready", closing(async (made) => {
   const server = new Server();
   const c = connect({ url: "ws://127.0.0.1:1/v1/sync", getToken: token, storage: "memory", WebSocket: server.WS });
+  made.push(c);
   c.mutators.transfer = transfer;
   const statuses = [];
   c.on("status", (s) => statuses.push(s.state));
@@ -66,7 +82,7 @@ test("one tab: subscribe, mutate with overlay, ack resolves, reject rejects with
   server.send(ws, { type: "subscribed", id: sub.id, mode: "snapshot", cursor: "E.1" });
   server.send(ws, `{"type":"snapshot","sub":"${sub.id}","cursor":"E.1","done":true,"rows":[{"id":"chk","owner":"alice","balance":1250.00}]}`);
   server.send(ws, { type: "changes", sub: sub.id, cursor: "E.1", changes: [], live: true });
-  assert.equal(await q.ready, q);
+  assert.equal(await within(q.ready, "ready"), q);
   assert.equal(c.status.state, "live");
   assert.equal(c.status.leader, true);
   assert.equal(q.get({ id: "chk" }).balance.toString(), "1250.00");
@@ -79,28 +95,30 @@ test("one tab: subscribe, mutate with overlay, ack resolves, reject rejects with
   assert.equal(stringifyJSON(ws.sent[2].args), '{"from":"chk","to":"x","amount":0.50}');
   server.send(ws, `{"type":"changes","sub":"${sub.id}","cursor":"E.2","changes":[{"op":"update","key":{"id":"chk"},"row":{"id":"chk","owner":"alice","balance":1249.50}}]}`);
   server.send(ws, { type: "ack", mid: 1, cursor: "E.2", result: { ok: true } });
-  assert.deepEqual(await p, { ok: true });
+  assert.deepEqual(await within(p, "ack"), { ok: true });
+  assert.equal(await within(p.mid, "mid"), 1);
   assert.ok(!q.isPending({ id: "chk" }));
   const p2 = c.mutate("transfer", { from: "chk", to: "x", amount: 5000 });
   await until(() => ws.sent.length === 4, "mutate 2");
   server.send(ws, { type: "reject", mid: 2, code: "insufficient_funds", message: "chk has insufficient funds", details: { balance: 1249.5 } });
-  await assert.rejects(p2, (e) => e instanceof SynclineError && e.code === "insufficient_funds" && e.message === "chk has insufficient funds" && e.details.balance === 1249.5);
+  await assert.rejects(within(p2, "reject"), (e) => e instanceof SynclineError && e.code === "insufficient_funds" && e.message === "chk has insufficient funds" && e.details.balance === 1249.5);
   assert.equal(q.get({ id: "chk" }).balance.toString(), "1249.50");
   assert.ok(events.length >= 4);
   assert.ok(events.every((ev) => ev.rows === q.rows));
   assert.ok(statuses.includes("live"));
   q.unsubscribe();
   assert.equal(ws.sent.at(-1).type, "unsubscribe");
-  c.close();
-});
+}));
 
-test("two tabs: one socket; the other tab's subscribe and mutate go through the leader; when the leader closes, the other takes over the queue", async () => {
+test("two tabs: one socket; the other tab's subscribe and mutate go through the leader; when the leader closes, the other takes over the queue", closing(async (made) => {
   const server = new Server();
   const store = new MemoryStore();
   const locks = new Locks();
   const a = tab(server, store, locks);
+  made.push(a);
   await until(() => a.status.leader, "tab A leads");
   const b = tab(server, store, locks);
+  made.push(b);
   const settledA = [];
   a.on("settled", (e) => settledA.push(e));
   const qb = b.subscribe("accounts", { owner: "alice" });
@@ -112,7 +130,7 @@ test("two tabs: one socket; the other tab's subscribe and mutate go through the 
   server.send(ws, { type: "subscribed", id: sub.id, mode: "snapshot", cursor: "E.1" });
   server.send(ws, `{"type":"snapshot","sub":"${sub.id}","cursor":"E.1","done":true,"rows":[{"id":"chk","owner":"alice","balance":100.00}]}`);
   server.send(ws, { type: "changes", sub: sub.id, cursor: "E.1", changes: [], live: true });
-  await qb.ready;
+  await within(qb.ready, "B's rows");
   assert.equal(qb.get({ id: "chk" }).balance.toString(), "100.00");
   await until(() => b.status.state === "live", "B sees live");
   assert.equal(b.status.leader, false);
@@ -123,7 +141,8 @@ test("two tabs: one socket; the other tab's subscribe and mutate go through the 
   assert.ok(qb.isPending({ id: "chk" }));
   server.send(ws, `{"type":"changes","sub":"${sub.id}","cursor":"E.2","changes":[{"op":"update","key":{"id":"chk"},"row":{"id":"chk","owner":"alice","balance":98.75}}]}`);
   server.send(ws, { type: "ack", mid: 1, cursor: "E.2", result: null });
-  assert.equal(await p1, null);
+  assert.equal(await within(p1, "B's ack"), null);
+  assert.equal(await within(p1.mid, "B's mid from the leader"), 1);
   await until(() => settledA.length === 1, "A hears of B's outcome");
   assert.equal(settledA[0].mid, 1);
 
@@ -142,18 +161,18 @@ test("two tabs: one socket; the other tab's subscribe and mutate go through the 
   assert.equal(ws2.sent[2].mid, 2);
   assert.equal(qb.get({ id: "chk" }).balance.toString(), "88.75", "overlay kept across the handover");
   server.send(ws2, { type: "ack", mid: 2, cursor: "E.3", result: { n: 2 } });
-  assert.deepEqual(await p2, { n: 2 }, "the promise made before the handover resolves");
-  b.close();
-});
+  assert.deepEqual(await within(p2, "the ack after the handover"), { n: 2 }, "the promise made before the handover resolves");
+}));
 
-test("logout wipes the store", async () => {
+test("logout wipes the store", closing(async (made) => {
   const server = new Server();
   const store = new MemoryStore();
   const c = connect({ url: "ws://127.0.0.1:1/v1/sync", getToken: token, storage: store, WebSocket: server.WS });
-  c.mutate("x", {});
+  made.push(c);
+  c.mutate("x", {}).catch(() => {});
   await until(() => store.loadSync().mutations.length === 1, "stored");
-  await c.logout();
+  await within(c.logout(), "logout");
   assert.equal(store.loadSync().mutations.length, 0);
   assert.equal(store.loadSync().clientId, undefined);
   assert.equal(c.status.state, "offline");
-});
+}));

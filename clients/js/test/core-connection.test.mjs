@@ -163,3 +163,27 @@ test("no welcome within the wait: the socket is given up and retried", () => {
   assert.ok(h.opens.length > n);
   assert.equal(h.closes.length, 1);
 });
+
+test("4001 after a long outage (a restarted server with new keys) reconnects at once with a fresh token; a repeated 4001 backs off", () => {
+  const h = new Harness({ random: () => 0.999 });
+  h.subscribe("q", ACC);
+  h.live([{ rows: [acct("a", "1.00")] }]);
+  h.close(1006);
+  for (let i = 0; i < 8; i++) { h.advance(20_000); h.close(1006); } // the server is down: attempts pile up
+  h.advance(20_000).open();
+  const tokens = h.tokenRequests, opens = h.opens.length;
+  h.close(4001, "token signature invalid");
+  h.advance(0);
+  assert.equal(h.tokenRequests, tokens + 1);
+  assert.equal(h.opens.length, opens + 1, "reconnected at once");
+  h.open();
+  h.close(4001, "still invalid");
+  h.advance(0);
+  assert.equal(h.opens.length, opens + 1, "a second 4001 in a row waits");
+  h.advance(10_000);
+  assert.equal(h.opens.length, opens + 2);
+  h.open().welcome();
+  h.close(4001, "expired later");
+  h.advance(0);
+  assert.equal(h.opens.length, opens + 3, "after a welcome, the first 4001 is at once again");
+});

@@ -147,3 +147,21 @@ test("topics: messages are handed up with their cursor, which is saved and used 
   h.subscribe("t", spec).start().open().welcome();
   assert.equal(h.takeSent().find((m) => m.type === "subscribe").after, "E.4");
 });
+
+test("a tab going away deactivates its feeds but keeps them stored; its reload resumes warm, also offline", () => {
+  const h = new Harness();
+  h.subscribe("tabB:q1", ACC);
+  const [id] = h.live([{ rows: [acct("a", "1.00")] }]);
+  h.recv({ type: "changes", sub: id, cursor: "E.4", changes: [{ op: "insert", key: { id: "b" }, row: acct("b", "2.00") }] });
+  h.run(h.core.unsubscribePrefix("tabB:"));
+  assert.deepEqual(h.takeSent(), [{ type: "unsubscribe", id }]);
+  assert.equal(storedFeed(h).cursor, "E.4", "still stored");
+  h.subscribe("tabB2:q1", ACC); // the reloaded tab, same leader
+  assert.deepEqual(ids(h), ["a", "b"]);
+  assert.equal(h.takeSent()[0].after, "E.4");
+  h.close(1006);
+  h.run(h.core.unsubscribePrefix("tabB2:"));
+  h.boot(); // and after the leader's reload too
+  h.subscribe("tabB3:q1", ACC);
+  assert.deepEqual(ids(h), ["a", "b"]);
+});

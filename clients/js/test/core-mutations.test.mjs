@@ -307,3 +307,36 @@ test("effects read through earlier effects (rows.get and rows.all see the overla
   assert.deepEqual(seen.slice(0, 2), ["1250.00", "1249.00"]);
   assert.ok(seen.includes(2));
 });
+
+test("a request re-sent by a tab after a leader handover is not queued twice (deduplicated by origin, also against the stored queue)", () => {
+  const h = new Harness();
+  h.start().open().welcome(0);
+  h.takeSent();
+  const origin = { page: "tab-b", req: 7 };
+  const first = h.core.mutate("n", { a: 1 }, origin);
+  h.run(first.actions);
+  const again = h.core.mutate("n", { a: 1 }, origin);
+  h.run(again.actions);
+  assert.equal(again.id, first.id);
+  assert.equal(h.core.queue.length, 1);
+  assert.ok(again.actions.some((a) => a.type === "accepted" && a.origin === origin));
+  h.boot(); // the old leader is gone; the new one loads the store
+  const after = h.core.mutate("n", { a: 1 }, { page: "tab-b", req: 7 });
+  h.run(after.actions);
+  assert.equal(h.core.queue.length, 1);
+  assert.equal(after.mid, 1);
+  h.start().open().welcome(0);
+  assert.deepEqual(h.takeSent().filter((m) => m.type === "mutate").map((m) => m.mid), [1]);
+});
+
+test("a mutation larger than the server accepts fails at once with message_too_big and uses no mid", () => {
+  const h = new Harness();
+  h.start().open().welcome(0);
+  h.takeSent();
+  const r = h.mutate("n", { blob: "x".repeat(1_048_576) });
+  assert.equal(r.mid, null);
+  assert.equal(h.outcomes[0].error.code, "message_too_big");
+  assert.deepEqual(h.takeSent(), []);
+  assert.equal(h.store.loadSync().mutations.length, 0);
+  assert.equal(h.mutate("n", { small: 1 }).mid, 1);
+});

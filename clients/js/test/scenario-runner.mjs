@@ -64,7 +64,7 @@ export class ScenarioRun {
   boot() {
     const c = this.sc.client || {};
     this.timers = new Map();
-    this.page = { queries: new Map(), outcomes: new Map(), settled: [], errors: [], statuses: [], seen: new Map(), mids: new Map() };
+    this.page = { queries: new Map(), outcomes: new Map(), settled: [], errors: [], statuses: [], seen: new Map(), counts: new Map(), mids: new Map() };
     this.core = new SyncCore({
       stored: this.store.loadSync(), mutators: this.mutators, keys: c.keys,
       backoff: c.backoff ? { baseMs: c.backoff.base_ms, capMs: c.backoff.cap_ms } : undefined,
@@ -129,6 +129,11 @@ export class ScenarioRun {
       if (q.key !== a.feed) continue;
       for (const c of a.changes) { const k = keyString(c.key); if (c.op === "delete") q.rows.delete(k); else q.rows.set(k, c.row); }
       q.pending = new Set(a.pending);
+      for (const [name, w] of this.page.counts) {
+        if (w.query !== q.name) continue;
+        const n = this.countRows(q, w.where);
+        if (w.hist[w.hist.length - 1] !== n) w.hist.push(n);
+      }
       for (const [k, hist] of this.page.seen) {
         if (!k.startsWith(q.name + "\u0000")) continue;
         const [, key, column] = k.split("\u0000");
@@ -137,6 +142,12 @@ export class ScenarioRun {
         if (hist[hist.length - 1] !== v) hist.push(v);
       }
     }
+  }
+
+  countRows(q, where) {
+    let n = 0;
+    for (const r of q.rows.values()) if (Object.keys(where).every((k) => text(r[k]) === text(where[k]))) n++;
+    return n;
   }
 
   subscribe(name, spec) {
@@ -280,6 +291,19 @@ export class ScenarioRun {
         const q = this.page.queries.get(s.query);
         const row = q && q.rows.get(keyString(s.key));
         this.page.seen.set(k, [row ? (row[s.column] === undefined ? null : text(row[s.column])) : "absent"]);
+        break;
+      }
+      case "watch_count": {
+        const q = this.page.queries.get(s.query);
+        if (!q) this.fail(`no query ${s.query}`);
+        this.page.counts.set(s.name, { query: s.query, where: s.where || {}, hist: [this.countRows(q, s.where || {})] });
+        break;
+      }
+      case "expect.count_seen": {
+        const w = this.page.counts.get(s.name);
+        if (!w) this.fail(`no watch_count ${s.name}`);
+        if (text(w.hist) !== text(s.values)) this.fail(`count ${s.name} was shown as ${w.hist.join(" → ")}, expected ${s.values.join(" → ")}`);
+        w.hist = [w.hist[w.hist.length - 1]];
         break;
       }
       default: this.fail(`unknown step ${s.step}`);
