@@ -29,6 +29,7 @@ struct ScenarioRunner {
     var errors: [String] = []
     var tokenRequests = 0
     var watches: [String: [JSONValue]] = [:]
+    var countWatches: [String: (query: String, filter: [String: JSONValue], seen: [Int])] = [:]
     var failures: [String] = []
     var stepIndex = 0
 
@@ -201,7 +202,16 @@ struct ScenarioRunner {
         return row[parts[2]] ?? "absent"
     }
 
+    func count(_ query: String, _ filter: [String: JSONValue]) -> Int {
+        guard let key = queryKey(query) else { return 0 }
+        return (core.feeds[key]?.view.values ?? [:].values).count { $0.row.matches(filter) }
+    }
+
     mutating func recordWatches() {
+        for (name, watch) in countWatches {
+            let n = count(watch.query, watch.filter)
+            if watch.seen.last != n { countWatches[name]!.seen.append(n) }
+        }
         for (watch, values) in watches {
             let value = cell(watch)
             if values.last.map({ $0.keyString != value.keyString }) ?? true { watches[watch]!.append(value) }

@@ -48,6 +48,7 @@ extension ScenarioRunner {
             settled = []
             errors = []
             watches = [:]
+            countWatches = [:]
             startApp()
             for query in previous { subscribe(query.name, query.spec) }
         case "app.online":
@@ -111,6 +112,17 @@ extension ScenarioRunner {
                 fail("seen \(JSONValue.array(seen).jsonText) for \(id.replacingOccurrences(of: "\u{1}", with: " ")), expected \(JSONValue.array(expected).jsonText)")
             }
             watches[id] = [cell(id)]
+        case "watch_count":
+            let name = step["name"]?.stringValue ?? ""
+            let query = step["query"]?.stringValue ?? ""
+            let filter = Dictionary(step["where"]?.members ?? [], uniquingKeysWith: { $1 })
+            countWatches[name] = (query, filter, [count(query, filter)])
+        case "expect.count_seen":
+            let name = step["name"]?.stringValue ?? ""
+            let seen = countWatches[name]?.seen ?? []
+            let expected = step["values"]?.array?.compactMap { $0.int64.map(Int.init) } ?? []
+            if seen != expected { fail("counts seen for \(name): \(seen), expected \(expected)") }
+            if let watch = countWatches[name] { countWatches[name]!.seen = [count(watch.query, watch.filter)] }
         default:
             fail("unknown step \(kind)")
         }
