@@ -254,6 +254,7 @@ final class ClientEngine: Sendable {
         loop.stopped = true
         for connection in loop.connections.values { connection.close() }
         loop.connections = [:]
+        inbox.releaseProducers()
         for timer in loop.timers.values { timer.cancel() }
         loop.timers = [:]
         for query in loop.queries.values { query.finish() }

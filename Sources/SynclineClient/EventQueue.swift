@@ -96,6 +96,7 @@ final class InputQueue<Element: Sendable>: Sendable {
         var head = 0
         var waiter: CheckedContinuation<Element, Never>?
         var producers: [CheckedContinuation<Void, Never>] = []
+        var released = false
     }
 
     private let state = NIOLockedValueBox(State())
@@ -120,12 +121,22 @@ final class InputQueue<Element: Sendable>: Sendable {
         push(element)
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let full = state.withLockedValue { state -> Bool in
-                guard state.items.count - state.head > limit else { return false }
+                guard !state.released, state.items.count - state.head > limit else { return false }
                 state.producers.append(continuation)
                 return true
             }
             if !full { continuation.resume() }
         }
+    }
+
+    /// Lets every waiting producer go (the client is closing: nothing will drain the queue).
+    func releaseProducers() {
+        let producers = state.withLockedValue { state -> [CheckedContinuation<Void, Never>] in
+            state.released = true
+            defer { state.producers = [] }
+            return state.producers
+        }
+        for producer in producers { producer.resume() }
     }
 
     /// Whether an element is waiting (the loop commits its store writes when none is).
