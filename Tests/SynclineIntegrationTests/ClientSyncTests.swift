@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import SynclineClient
 import SynclineServer
 import Testing
@@ -196,6 +197,37 @@ struct ClientSyncTests {
             #expect(try await offlineStore.load().mutations.count == 300)
             await offline.close()
             try await offlineStore.close()
+        }
+    }
+}
+
+@Suite("Swift client: tokens")
+struct ClientTokenTests {
+    @Test("the token provider is called at start and again before exp; the new token goes in-band (auth), the session stays")
+    func refreshBeforeExpiry() async throws {
+        try await TestServer.with { server in
+            let calls = NIOLockedValueBox(0)
+            var configuration = SynclineClient.Configuration()
+            configuration.logger.logLevel = .error
+            let client = SynclineClient(url: server.url, tokenProvider: {
+                calls.withLockedValue { $0 += 1 }
+                return DevToken.unsigned(sub: "alice", lifetime: 6)
+            }, store: MemoryClientStore(), configuration: configuration)
+            let states = NIOLockedValueBox<[ClientStatus.State]>([])
+            let watcher = Task { for await status in client.statusUpdates() { states.withLockedValue { $0.append(status.state) } } }
+            _ = try await client.subscribe(collection: "accounts", where: ["owner": "alice"])
+            try await eventually("live") { client.status.state == .live }
+            #expect(calls.withLockedValue { $0 } == 1)
+            // Past the first token's exp (6 s; the server allows 60 s of skew, so wait for the refresh
+            // itself, which comes at 10% of the lifetime before exp).
+            try await eventually("a refreshed token", timeout: .seconds(15)) { calls.withLockedValue { $0 } >= 2 }
+            try await Task.sleep(for: .milliseconds(500))
+            #expect(client.status.state == .live)
+            #expect(!states.withLockedValue { $0 }.contains(.offline), "the connection was never lost: \(states.withLockedValue { $0 })")
+            let pending = try await client.enqueue("accounts.update", args: ["key": ["id": "alice-checking"], "set": ["name": "renamed after auth"]])
+            _ = try await pending.result
+            watcher.cancel()
+            await client.close()
         }
     }
 }
