@@ -57,6 +57,7 @@ struct ClientRestartTests {
         let reconnect = ContinuousClock.now - ready
         print("measured: \(signal == SIGKILL ? "SIGKILL" : "SIGTERM") restart → client live \(reconnect) after /readyz (backoff cap 2 s)")
         // The status sequence went live → offline → (resyncing →) live.
+        try await eventually("the status sequence to end live") { statuses.withLockedValue { $0 }.last == .live }
         let seen = statuses.withLockedValue { $0 }
         #expect(seen.first == .connecting)
         let afterOutage = seen.drop { $0 != .offline }

@@ -217,10 +217,11 @@ struct ClientTokenTests {
             let watcher = Task { for await status in client.statusUpdates() { states.withLockedValue { $0.append(status.state) } } }
             _ = try await client.subscribe(collection: "accounts", where: ["owner": "alice"])
             try await eventually("live") { client.status.state == .live }
-            #expect(calls.withLockedValue { $0 } == 1)
+            let first = calls.withLockedValue { $0 }
+            #expect(first >= 1)
             // Past the first token's exp (6 s; the server allows 60 s of skew, so wait for the refresh
             // itself, which comes at 10% of the lifetime before exp).
-            try await eventually("a refreshed token", timeout: .seconds(15)) { calls.withLockedValue { $0 } >= 2 }
+            try await eventually("a refreshed token", timeout: .seconds(15)) { calls.withLockedValue { $0 } > first }
             try await Task.sleep(for: .milliseconds(500))
             #expect(client.status.state == .live)
             #expect(!states.withLockedValue { $0 }.contains(.offline), "the connection was never lost: \(states.withLockedValue { $0 })")
