@@ -238,6 +238,10 @@ describe("dashboard in headless Chromium", { timeout: 15 * 60 * 1000 }, () => {
       assert.ok(optimistic, `the debit showed as pending before it was confirmed (values: ${JSON.stringify(rec.balances[from])})`);
       const outcomes = (rec.outcomes[memo] ?? []).map((o) => o.outcome);
       assert.equal(outcomes[0], "pending", `outcome went pending first (${outcomes.join(" → ")}); ${confirmedText}`);
+      // data-mid comes once the mutation is queued (stored), while it is still pending.
+      const pendingMid = rec.outcomes[memo].find((o) => o.outcome === "pending" && o.mid)?.mid;
+      assert.match(pendingMid ?? "", /^\d+$/, "the pending outcome names its mutation id (data-mid)");
+      assert.equal(rec.outcomes[memo].at(-1).mid, pendingMid, "the confirmed outcome is the same mutation");
       assert.ok((rec.memoMaxRows[memo] ?? 0) <= 2, `at most 2 rows (debit, credit) with the memo at once, saw ${rec.memoMaxRows[memo]}`);
       const dbAfter = h.balances();
       assert.equal(dbAfter[from], after[from]);
