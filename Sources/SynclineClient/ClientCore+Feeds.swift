@@ -285,7 +285,7 @@ extension ClientCore {
     /// app together. `batch` and `decided` ride along (they are written in the same transaction).
     mutating func flush(batch initial: StoreBatch = StoreBatch(), decided initialDecided: [(Mutation, MutationDecision)] = []) {
         var batch = initial
-        var decided = initialDecided
+        let decided = initialDecided
         var dirty: [String: [String]] = [:]  // keys in commit order, so changes publish in that order
         var replaced: [String: Bool] = [:]
         var liveMarkers: Set<String> = []

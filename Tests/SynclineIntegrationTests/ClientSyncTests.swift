@@ -24,7 +24,7 @@ struct ClientSyncTests {
             try await store.close()
         }
         try await server.stop()
-        try server.database.psql("UPDATE accounts SET balance = balance + 1.50 WHERE id = 'alice-checking'")
+        _ = try server.database.psql("UPDATE accounts SET balance = balance + 1.50 WHERE id = 'alice-checking'")
 
         let store = try await SQLiteClientStore(path: storePath.path)
         let client = makeClient(url: server.url, store: store, cap: .seconds(1))
@@ -61,7 +61,7 @@ struct ClientSyncTests {
             for n in 0..<3 {
                 try await server.database.execute("INSERT INTO transactions (account_id, amount, memo) VALUES ('alice-checking', \(n), 'pruned-away')")
             }
-            try server.database.psql("DELETE FROM transactions WHERE memo = 'opening balance' AND account_id = 'alice-checking'")
+            _ = try server.database.psql("DELETE FROM transactions WHERE memo = 'opening balance' AND account_id = 'alice-checking'")
             try await server.database.execute("SELECT syncline.prune(keep_count => 0)")
 
             let client = makeClient(url: server.url, store: store)
