@@ -71,10 +71,10 @@ public final class LiveQuery: Sendable {
         return SynclineEvents(queue: queue)
     }
 
-    /// Stops the feed and forgets its stored rows; every event sequence ends.
+    /// Gives up this subscription. When it was the last one for this collection and filter, the
+    /// feed stops, its stored rows are forgotten, and every event sequence ends.
     public func unsubscribe() async {
         await onUnsubscribe()
-        finish()
     }
 
     func finish() {
@@ -146,10 +146,9 @@ public final class TopicSubscription: Sendable {
     /// At most the configured bound wait; past it the oldest half is dropped and counted.
     public var events: SynclineEvents<TopicEvent> { SynclineEvents(queue: queue) }
 
-    /// Stops the feed.
+    /// Gives up this subscription; the last one stops the feed and ends its events.
     public func unsubscribe() async {
         await onUnsubscribe()
-        queue.finish()
     }
 
     func push(_ event: TopicEvent) { queue.push(event) }
