@@ -11,6 +11,7 @@ public final class LiveQuery: Sendable {
         var live = false
         var ended: (code: String, message: String)?
         var consumers: [EventQueue<LiveQueryEvent>] = []
+        var finished = false
     }
 
     /// The collection.
@@ -63,11 +64,12 @@ public final class LiveQuery: Sendable {
         let queue = EventQueue<LiveQueryEvent>(limit: limit) { [weak self] _ in
             [.resynced(self?.rows ?? [])]
         }
-        let current = state.withLockedValue { state -> [JSONValue] in
-            state.consumers.append(queue)
-            return state.rows.keys.sorted().map { state.rows[$0]!.row }
+        let (current, finished) = state.withLockedValue { state -> ([JSONValue], Bool) in
+            if !state.finished { state.consumers.append(queue) }
+            return (state.rows.keys.sorted().map { state.rows[$0]!.row }, state.finished)
         }
         queue.push(.snapshot(current))
+        if finished { queue.finish() }
         return SynclineEvents(queue: queue)
     }
 
@@ -79,6 +81,7 @@ public final class LiveQuery: Sendable {
 
     func finish() {
         let consumers = state.withLockedValue { state -> [EventQueue<LiveQueryEvent>] in
+            state.finished = true
             defer { state.consumers = [] }
             return state.consumers
         }

@@ -155,6 +155,27 @@ struct ClientSyncTests {
         }
     }
 
+    @Test("two subscriptions of one query share a feed; the last unsubscribe forgets its stored rows")
+    func sharedFeedAndUnsubscribe() async throws {
+        try await TestServer.with { server in
+            let store = MemoryClientStore()
+            let client = makeClient(url: server.url, store: store)
+            let a = try await client.subscribe(collection: "accounts", where: ["owner": "alice"])
+            let b = try await client.subscribe(collection: "accounts", where: ["owner": "alice"])
+            #expect(a === b)
+            try await eventually("live") { client.status.state == .live }
+            #expect(try await store.load().feeds.count == 1)
+            await a.unsubscribe()
+            #expect(try await store.load().feeds.count == 1)
+            await b.unsubscribe()
+            #expect(try await store.load().feeds.isEmpty)
+            var events = a.events().makeAsyncIterator()
+            #expect(await events.next() != nil)  // a new sequence still starts with the rows now…
+            await client.close()
+            #expect(await events.next() == nil)  // …and ends with the client
+        }
+    }
+
     @Test("measure: enqueue latency until durably stored (SQLite, synchronous=FULL)")
     func enqueueLatency() async throws {
         try await TestServer.with { server in
