@@ -84,6 +84,23 @@ public final class Hub: Sendable {
     /// The ring holds every position after this one (through the head).
     var ringStart: Int64 { state.withLockedValue { $0.ring.after } }
 
+    /// Encodes a batch once and hands it to every loop's fan-out, under the lock so that loops
+    /// receive batches in position order; nil when it does not continue the hub's position.
+    /// Kept out of line: the in-process cost harness (`FanoutCostHarness`) counts its instructions.
+    @inline(never)
+    func dispatch(_ records: [ChangeRecord], after: Int64, through: Int64) -> [EventLoopFuture<Void>]? {
+        state.withLockedValue { s -> [EventLoopFuture<Void>]? in
+            guard s.head == after else { return nil }
+            s.ring.append(records, through: through)
+            s.head = through
+            let batch = encoder.encode(records, after: after, through: through, index: s.index)
+            let generation = s.generation
+            return fanouts.values.map { fanout in
+                fanout.eventLoop.submit { fanout.value.deliver(batch, generation: generation) }
+            }
+        }
+    }
+
     /// The tail's sink: called in order on the tail's task; returns when every event loop has
     /// delivered (and flushed) the batch.
     @discardableResult
@@ -96,17 +113,7 @@ public final class Hub: Sendable {
             // Accept a batch only where the previous one ended (a reader abandoned with a dead
             // connection can never deliver twice or out of order), and hand it to the loops under
             // the same lock so they receive batches in position order.
-            let delivered = state.withLockedValue { s -> [EventLoopFuture<Void>]? in
-                guard s.head == after else { return nil }
-                s.ring.append(records, through: through)
-                s.head = through
-                let batch = encoder.encode(records, after: after, through: through, index: s.index)
-                let generation = s.generation
-                return fanouts.values.map { fanout in
-                    fanout.eventLoop.submit { fanout.value.deliver(batch, generation: generation) }
-                }
-            }
-            guard let delivered else {
+            guard let delivered = dispatch(records, after: after, through: through) else {
                 logger.debug("ignoring a batch that does not continue the hub's position", metadata: ["after": "\(after)"])
                 return head
             }
@@ -287,6 +294,9 @@ final class LoopFanout {
         toFlush.append(connection)
     }
 
+    /// Out of line so that the cost harness can count instructions from here (callgrind
+    /// `--toggle-collect`).
+    @inline(never)
     func deliver(_ batch: EncodedBatch, generation: UInt64) {
         var delivered = 0
         for (feedID, body) in batch.bodies {

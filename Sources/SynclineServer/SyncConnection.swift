@@ -451,6 +451,16 @@ final class SyncConnection: ChannelInboundHandler {
         if awaitingDelivery { releaseOutcomes() }
     }
 
+    /// Subscribes to `key` as `id` and goes live at the loop's head at once, with no snapshot or
+    /// catch-up: only for the in-process cost harness (`FanoutCostHarness`), which has no database.
+    func attachLiveForHarness(id: String, key: FeedKey) {
+        let (feedID, generation) = environment.hub.retain(key)
+        let subscriber = Subscriber(id: id, key: key, feedID: feedID, generation: generation, connection: self)
+        subscribers[id] = subscriber
+        subscriber.cursor = fanout.head
+        fanout.activate(subscriber)
+    }
+
     /// Whether `subscriber` is still this connection's (not unsubscribed, replaced or closed).
     func owns(_ subscriber: Subscriber) -> Bool {
         !closing && subscribers[subscriber.id] === subscriber
