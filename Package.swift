@@ -148,6 +148,13 @@ let package = Package(
             path: "bench/Sources/syncline-bench",
             swiftSettings: strict
         ),
+        // The fan-out's instructions per delivery, in process (valgrind callgrind; bench/README.md).
+        .executableTarget(
+            name: "syncline-fanout-cost",
+            dependencies: ["SynclineServer"],
+            path: "bench/Sources/syncline-fanout-cost",
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "SynclineCoreTests",
             dependencies: ["SynclineCore", "SynclineProtocol", .product(name: "NIOCore", package: "swift-nio")],

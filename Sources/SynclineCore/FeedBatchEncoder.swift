@@ -11,6 +11,11 @@ public struct FeedBody: Sendable {
     public var messages: [(position: Int64, body: ByteBuffer)] = []
     /// The feed must restart with a fresh snapshot (TRUNCATE, or its share is too large).
     public var reset = false
+    /// Why, when `reset`: a TRUNCATE, or the share grew past the limit.
+    public var resetReason: FeedRestartReason = .truncated
+
+    /// The restart this body asks for, if any.
+    public var restartReason: FeedRestartReason? { reset ? resetReason : nil }
 
     public init() {}
 }
@@ -179,6 +184,7 @@ extension FeedBody {
         }
         if changes!.readableBytes > maximumBytes {
             reset = true
+            resetReason = .tooLarge
             changes = nil
             messages = []
         }

@@ -45,6 +45,14 @@ public final class Authenticator: Sendable {
         self.canSign = hmacSecret != nil
     }
 
+    /// Unsigned development tokens only, made without `async`: for `FanoutCostHarness`, which
+    /// runs without Swift concurrency (valgrind 3.19 cannot run its thread pool).
+    init(unsignedOnly: Void) {
+        keys = nil
+        allowUnsigned = true
+        canSign = false
+    }
+
     /// Whether any token at all can be accepted.
     public var acceptsTokens: Bool { keys != nil || allowUnsigned }
 

@@ -84,6 +84,23 @@ public final class Hub: Sendable {
     /// The ring holds every position after this one (through the head).
     var ringStart: Int64 { state.withLockedValue { $0.ring.after } }
 
+    /// Encodes a batch once and hands it to every loop's fan-out, under the lock so that loops
+    /// receive batches in position order; nil when it does not continue the hub's position.
+    /// Kept out of line: the in-process cost harness (`FanoutCostHarness`) counts its instructions.
+    @inline(never)
+    func dispatch(_ records: [ChangeRecord], after: Int64, through: Int64) -> [EventLoopFuture<Void>]? {
+        state.withLockedValue { s -> [EventLoopFuture<Void>]? in
+            guard s.head == after else { return nil }
+            s.ring.append(records, through: through)
+            s.head = through
+            let batch = encoder.encode(records, after: after, through: through, index: s.index)
+            let generation = s.generation
+            return fanouts.values.map { fanout in
+                fanout.eventLoop.submit { fanout.value.deliver(batch, generation: generation) }
+            }
+        }
+    }
+
     /// The tail's sink: called in order on the tail's task; returns when every event loop has
     /// delivered (and flushed) the batch.
     @discardableResult
@@ -96,17 +113,7 @@ public final class Hub: Sendable {
             // Accept a batch only where the previous one ended (a reader abandoned with a dead
             // connection can never deliver twice or out of order), and hand it to the loops under
             // the same lock so they receive batches in position order.
-            let delivered = state.withLockedValue { s -> [EventLoopFuture<Void>]? in
-                guard s.head == after else { return nil }
-                s.ring.append(records, through: through)
-                s.head = through
-                let batch = encoder.encode(records, after: after, through: through, index: s.index)
-                let generation = s.generation
-                return fanouts.values.map { fanout in
-                    fanout.eventLoop.submit { fanout.value.deliver(batch, generation: generation) }
-                }
-            }
-            guard let delivered else {
+            guard let delivered = dispatch(records, after: after, through: through) else {
                 logger.debug("ignoring a batch that does not continue the hub's position", metadata: ["after": "\(after)"])
                 return head
             }
@@ -155,19 +162,24 @@ final class LoopFanout {
 
     var liveCount: Int { live.values.reduce(0) { $0 + $1.count } + young.count }
 
-    /// Makes a subscriber whose cursor is ≥ `head` receive every later batch.
-    func activate(_ subscriber: Subscriber) {
+    /// Where this loop's delivery stands, for the subscription state machines.
+    var position: SubscriptionStateMachine.LoopPosition { .init(head: head, generation: generation) }
+
+    /// Adds a subscriber that went live (its machine's `goLive` action) to the young or live list.
+    func activate(_ subscriber: Subscriber, young isYoung: Bool) {
         assert(subscriber.cursor >= head, "a subscriber must catch up to the loop's head before going live")
-        if subscriber.generation > generation || subscriber.cursor > head {
-            subscriber.phase = .young
+        guard subscriber.listed == .none else { return }
+        if isYoung {
+            subscriber.listed = .young
             young.append(subscriber)
         } else {
             addLive(subscriber)
         }
     }
 
+    /// Takes a subscriber out of whichever list holds it (restart, end).
     func remove(_ subscriber: Subscriber) {
-        switch subscriber.phase {
+        switch subscriber.listed {
         case .live:
             var list = live[subscriber.feedID]!
             let slot = subscriber.slot
@@ -179,17 +191,15 @@ final class LoopFanout {
             live[subscriber.feedID] = list.isEmpty ? nil : list
         case .young:
             young.removeAll { $0 === subscriber }
-        case .starting, .ended:
+        case .none:
             break
         }
         subscriber.slot = -1
-        subscriber.phase = .starting
-        subscriber.awaitingCatchUp = false
-        subscriber.awaitingLogCatchUp = false
+        subscriber.listed = .none
     }
 
     private func addLive(_ subscriber: Subscriber) {
-        subscriber.phase = .live
+        subscriber.listed = .live
         subscriber.slot = live[subscriber.feedID, default: []].count
         live[subscriber.feedID, default: []].append(subscriber)
     }
@@ -229,16 +239,16 @@ final class LoopFanout {
 
     // MARK: Catch-up
 
-    /// Subscribers waiting to be brought from their cursor to this loop's head, served together.
-    private var pendingCatchUps: [Subscriber] = []
+    /// Subscribers waiting to be brought from their cursor to this loop's head, served together,
+    /// with the run of their machine that asked (a restarted feed has left the queue).
+    private var pendingCatchUps: [(subscriber: Subscriber, run: UInt32)] = []
     private var catchUpScheduled = false
 
-    /// Queues a subscriber (phase `starting`, cursor below `head`) for the next catch-up pass,
-    /// which runs once the loop has read what is ready: subscribers resuming in the same burst (a
+    /// Queues a subscriber (machine in `catchingUp(.ring)`) for the next catch-up pass, which
+    /// runs once the loop has read what is ready: subscribers resuming in the same burst (a
     /// reconnect storm) share one pass over the ring instead of one each.
     func requestCatchUp(_ subscriber: Subscriber, environment: SyncEnvironment) {
-        subscriber.awaitingCatchUp = true
-        pendingCatchUps.append(subscriber)
+        pendingCatchUps.append((subscriber, subscriber.machine.run))
         guard !catchUpScheduled else { return }
         catchUpScheduled = true
         let bound = NIOLoopBound(self, eventLoop: eventLoop)
@@ -246,37 +256,40 @@ final class LoopFanout {
     }
 
     /// Cursors older than the ring: this loop's shared scan of the change log.
-    private lazy var logCatchUp = LogCatchUp(fanout: self)
+    private(set) lazy var logCatchUp = LogCatchUp(fanout: self)
 
     private func runCatchUps(environment: SyncEnvironment) {
         let hub = environment.hub
         catchUpScheduled = false
         let pending = pendingCatchUps
         pendingCatchUps = []
-        let target = head
+        let loop = position
         var behind: [Subscriber] = []
-        for subscriber in pending where subscriber.awaitingCatchUp && subscriber.phase == .starting {
-            subscriber.awaitingCatchUp = false
-            if subscriber.cursor >= target {
-                subscriber.connection.finishCatchUp(subscriber, body: FeedBody(), through: target)
+        for (subscriber, run) in pending where subscriber.machine.run == run && subscriber.machine.state == .catchingUp(.ring) {
+            guard let connection = subscriber.connection, connection.owns(subscriber) else { continue }
+            if subscriber.cursor >= loop.head {
+                connection.carryOut(subscriber.machine.ringPass(ringStart: nil, loop: loop), for: subscriber)
             } else {
                 behind.append(subscriber)
             }
         }
         guard let earliest = behind.map(\.cursor).min() else { return flush() }
-        guard let recent = hub.recentBatches(after: earliest, through: target) else {
-            logCatchUp.add(behind, environment: environment)
-            return flush()
+        let recent = hub.recentBatches(after: earliest, through: loop.head)
+        var fromRing: [Subscriber] = []
+        for subscriber in behind {
+            if let recent, subscriber.cursor >= recent.after {
+                fromRing.append(subscriber)
+            } else {
+                // Older than the ring: the machine hands it to the log scan.
+                subscriber.connection?.carryOut(subscriber.machine.ringPass(ringStart: recent?.after, loop: loop), for: subscriber)
+            }
         }
-        // Cursors older than the ring: one scan of the change log for all of them.
-        let fromRing = behind.filter { $0.cursor >= recent.after }
-        let fromLog = behind.filter { $0.cursor < recent.after }
-        if !fromLog.isEmpty { logCatchUp.add(fromLog, environment: environment) }
-        if !fromRing.isEmpty {
+        if let recent, !fromRing.isEmpty {
             let bodies = encoder.encodeCatchUp(
-                recent.batches.joined(), through: target, feeds: fromRing.map { ($0.key, $0.cursor) })
+                recent.batches.joined(), through: loop.head, feeds: fromRing.map { ($0.key, $0.cursor) })
             for (subscriber, body) in zip(fromRing, bodies) {
-                subscriber.connection.finishCatchUp(subscriber, body: body, through: target)
+                let actions = subscriber.machine.ringPass(ringStart: recent.after, reset: body.restartReason, loop: loop)
+                subscriber.connection?.carryOut(actions, for: subscriber, body: body)
             }
         }
         flush()
@@ -287,19 +300,30 @@ final class LoopFanout {
         toFlush.append(connection)
     }
 
+    /// Out of line so that the cost harness can count instructions from here (callgrind
+    /// `--toggle-collect`).
+    @inline(never)
     func deliver(_ batch: EncodedBatch, generation: UInt64) {
         var delivered = 0
         for (feedID, body) in batch.bodies {
             guard let subscribers = live[feedID] else { continue }
-            if body.reset {
+            let reset = body.restartReason
+            if reset != nil {
                 for subscriber in subscribers {
+                    let action = subscriber.machine.batch(
+                        after: batch.after, through: batch.through, generation: generation, matched: true, reset: reset)
                     remove(subscriber)
-                    subscriber.connection.restart(subscriber, reason: "the feed must be reloaded")
+                    if case .restart(let reason, let run) = action {
+                        subscriber.connection?.carryOut([.restart(reason, run: run)], for: subscriber)
+                    }
                 }
                 continue
             }
             for subscriber in subscribers {
-                subscriber.connection.send(body, to: subscriber, through: batch.through)
+                guard subscriber.machine.batch(after: batch.after, through: batch.through, generation: generation, matched: true) == .send,
+                      let connection = subscriber.connection
+                else { continue }
+                connection.send(body, to: subscriber, through: batch.through)
             }
             delivered += subscribers.count
         }
@@ -307,20 +331,35 @@ final class LoopFanout {
             let current = young
             young = []
             for subscriber in current {
-                if batch.through > subscriber.cursor {
-                    let body = encoder.encodeSingle(batch.records, after: subscriber.cursor, through: batch.through, key: subscriber.key)
-                    if body.reset {
-                        subscriber.phase = .starting
-                        subscriber.connection.restart(subscriber, reason: "the feed must be reloaded")
+                subscriber.listed = .none
+                let action = subscriber.machine.batch(
+                    after: batch.after, through: batch.through, generation: generation,
+                    matched: batch.bodies[subscriber.feedID] != nil)
+                switch action {
+                case .none:
+                    subscriber.listed = .young
+                    young.append(subscriber)
+                case .becomeLive:
+                    addLive(subscriber)
+                case .send:
+                    assertionFailure("a young subscriber is served from the batch's records")
+                    addLive(subscriber)
+                case .sendOwn(let after, let goesLive):
+                    let body = encoder.encodeSingle(batch.records, after: after, through: batch.through, key: subscriber.key)
+                    if let reason = body.restartReason {
+                        subscriber.connection?.carryOut(subscriber.machine.restart(reason), for: subscriber)
                         continue
                     }
-                    subscriber.connection.send(body, to: subscriber, through: batch.through)
+                    subscriber.connection?.send(body, to: subscriber, through: batch.through)
                     delivered += 1
-                }
-                if generation >= subscriber.generation && batch.through >= subscriber.cursor {
-                    addLive(subscriber)
-                } else {
-                    young.append(subscriber)
+                    if goesLive {
+                        addLive(subscriber)
+                    } else {
+                        subscriber.listed = .young
+                        young.append(subscriber)
+                    }
+                case .restart(let reason, let run):
+                    subscriber.connection?.carryOut([.restart(reason, run: run)], for: subscriber)
                 }
             }
         }
@@ -343,7 +382,7 @@ final class LoopFanout {
         let all = live.values.flatMap { $0 } + young
         for subscriber in all {
             remove(subscriber)
-            subscriber.connection.restart(subscriber, reason: "history was pruned")
+            subscriber.connection?.carryOut(subscriber.machine.restart(.pruned), for: subscriber)
         }
         releaseAwaiting()
         flush()
@@ -356,8 +395,9 @@ final class LoopFanout {
         let body = FeedBody.advance(encoder.advanceBody(through: head))
         for subscribers in live.values {
             for subscriber in subscribers where subscriber.lastSentPosition < head && now - subscriber.lastSent >= interval {
-                if case .topic = subscriber.key { subscriber.cursor = head; continue }
-                subscriber.connection.send(body, to: subscriber, through: head)
+                subscriber.machine.advanced(through: head)
+                if case .topic = subscriber.key { continue }
+                subscriber.connection?.send(body, to: subscriber, through: head)
             }
         }
         flush()

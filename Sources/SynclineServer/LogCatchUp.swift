@@ -24,9 +24,16 @@ import SynclinePostgres
 final class LogCatchUp {
     private struct Member {
         let subscriber: Subscriber
-        /// The subscriber's cursor when the scan last delivered to it: a member whose cursor moved
-        /// otherwise (a restart from a snapshot) has left the scan.
+        /// The subscriber's cursor when the scan last delivered to it.
         var cursor: Int64
+        /// The run of its machine that joined: a restarted feed has left the scan.
+        var run: UInt32
+
+        init(_ subscriber: Subscriber) {
+            self.subscriber = subscriber
+            self.cursor = subscriber.cursor
+            self.run = subscriber.machine.run
+        }
     }
 
     private unowned let fanout: LoopFanout
@@ -50,28 +57,35 @@ final class LogCatchUp {
         self.fanout = fanout
     }
 
-    /// Takes subscribers (phase `starting`) whose cursors the ring no longer reaches; those of one
-    /// catch-up pass come together, so that a storm starts one scan from the oldest cursor.
-    func add(_ subscribers: [Subscriber], environment: SyncEnvironment) {
-        for subscriber in subscribers {
-            subscriber.awaitingLogCatchUp = true
-            let member = Member(subscriber: subscriber, cursor: subscriber.cursor)
-            if scanning && subscriber.cursor >= position {
-                joining.append(member)
-            } else {
-                waiting.append(member)
-            }
+    /// Takes a subscriber whose machine moved to `catchingUp(.log)` (its `readLogPage` action).
+    /// Those of one catch-up pass come one after another before the scan starts (it starts on
+    /// the loop's next turn), so that a storm starts one scan from the oldest cursor.
+    func add(_ subscriber: Subscriber, environment: SyncEnvironment) {
+        let member = Member(subscriber)
+        if scanning && subscriber.cursor >= position {
+            joining.append(member)
+        } else {
+            waiting.append(member)
         }
-        if !scanning { nextPage(environment) }
+        guard !scanning, !startScheduled else { return }
+        startScheduled = true
+        let bound = NIOLoopBound(self, eventLoop: fanout.eventLoop)
+        fanout.eventLoop.execute {
+            bound.value.startScheduled = false
+            if !bound.value.scanning { bound.value.nextPage(environment) }
+        }
     }
 
-    /// Whether `member` still waits for this scan. The connection is asked last: a closed
-    /// connection has already ended its subscribers (flag cleared, phase `ended`), and a
-    /// subscriber's `connection` is unowned.
+    private var startScheduled = false
+
+    /// Whether `member` still waits for this scan: its machine is in the log catch-up of the same
+    /// run, at the cursor the scan left it, and its connection still holds it.
     private func isCurrent(_ member: Member) -> Bool {
         let subscriber = member.subscriber
-        return subscriber.awaitingLogCatchUp && subscriber.phase == .starting && subscriber.cursor == member.cursor
-            && subscriber.connection.owns(subscriber)
+        guard subscriber.machine.state == .catchingUp(.log), subscriber.machine.run == member.run,
+              subscriber.cursor == member.cursor, let connection = subscriber.connection
+        else { return false }
+        return connection.owns(subscriber)
     }
 
     /// Reads, encodes and sends the next page, or hands the members back to the loop's catch-up
@@ -127,8 +141,7 @@ final class LogCatchUp {
             joining = []
             // Every member read through the same connection pool: all of them get the error.
             for member in scanned where isCurrent(member) {
-                member.subscriber.awaitingLogCatchUp = false
-                member.subscriber.connection.catchUpFailed(member.subscriber, error: error)
+                member.subscriber.connection?.catchUpFailed(member.subscriber, error: error)
             }
             fanout.flush()
             return nextPage(environment)
@@ -136,20 +149,18 @@ final class LogCatchUp {
             var written: [EventLoopFuture<Void>] = []
             for (member, body) in zip(scanned, bodies) where isCurrent(member) {
                 let subscriber = member.subscriber
-                if page.prunedThrough > member.cursor || body.reset {
-                    subscriber.awaitingLogCatchUp = false
-                    subscriber.connection.restart(
-                        subscriber, reason: body.reset ? "the feed must be reloaded" : "history was pruned")
-                    continue
-                }
-                if body.messages.isEmpty && body.changes == nil {
-                    subscriber.cursor = max(subscriber.cursor, through)
-                } else {
+                guard let connection = subscriber.connection else { continue }
+                let actions = subscriber.machine.pageRead(
+                    run: member.run, after: position, through: through, prunedThrough: page.prunedThrough,
+                    empty: body.messages.isEmpty && body.changes == nil, reset: body.restartReason)
+                if actions.contains(where: { if case .send = $0 { return true } else { return false } }) {
                     let promise = fanout.eventLoop.makePromise(of: Void.self)
-                    subscriber.connection.send(body, to: subscriber, through: through, promise: promise)
+                    connection.carryOut(actions, for: subscriber, body: body, promise: promise)
                     written.append(promise.futureResult)
+                } else {
+                    connection.carryOut(actions, for: subscriber, body: body)
                 }
-                members.append(Member(subscriber: subscriber, cursor: subscriber.cursor))
+                if subscriber.machine.state == .catchingUp(.log) { members.append(Member(subscriber)) }
             }
             position = through
             for member in joining {
@@ -188,9 +199,10 @@ final class LogCatchUp {
     private func handBack(_ environment: SyncEnvironment) {
         let finished = members
         members = []
+        let loop = fanout.position
         for member in finished where isCurrent(member) {
-            member.subscriber.awaitingLogCatchUp = false
-            member.subscriber.connection.continueCatchUp(member.subscriber)
+            let subscriber = member.subscriber
+            subscriber.connection?.carryOut(subscriber.machine.logReachedRing(run: member.run, loop: loop), for: subscriber)
         }
         fanout.flush()
         nextPage(environment)

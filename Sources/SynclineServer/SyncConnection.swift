@@ -345,13 +345,8 @@ final class SyncConnection: ChannelInboundHandler {
         let (feedID, generation) = environment.hub.retain(key)
         let subscriber = Subscriber(id: request.id, key: key, feedID: feedID, generation: generation, connection: self)
         subscribers[request.id] = subscriber
-        if let resumeAfter {
-            sendText(ServerMessage.subscribed(id: request.id, mode: .resume, cursor: Cursor(epoch: environment.hub.epoch, position: resumeAfter)))
-            subscriber.cursor = resumeAfter
-            catchUp(subscriber)
-        } else {
-            runSnapshot(subscriber, mode: mode)
-        }
+        let start: SubscriptionStateMachine.Start = resumeAfter.map { .resume(after: $0) } ?? .snapshot(reset: mode == .reset)
+        carryOut(subscriber.machine.resolved(start, loop: fanout.position), for: subscriber)
     }
 
     private func subscriptionFailed(_ id: String, attempt: UInt64, code: ErrorCode, message: String, retryAfterMS: Int?) {
@@ -362,8 +357,8 @@ final class SyncConnection: ChannelInboundHandler {
         flushIfNeeded()
     }
 
-    /// Streams a snapshot, then hands the subscriber to `catchUp`.
-    private func runSnapshot(_ subscriber: Subscriber, mode: ServerMessage.SubscribeMode) {
+    /// Streams a snapshot for the machine's run `run`, then reports `snapshotDone`.
+    private func runSnapshot(_ subscriber: Subscriber, mode: ServerMessage.SubscribeMode, run: UInt32) {
         guard let identity else { return }
         let environment = self.environment
         let bound = self.bound
@@ -371,7 +366,6 @@ final class SyncConnection: ChannelInboundHandler {
         let id = subscriber.id
         let key = subscriber.key
         let epoch = environment.hub.epoch
-        subscriber.phase = .starting
         subscriber.task?.cancel()
         let boundSubscriber = NIOLoopBound(subscriber, eventLoop: loop)
         subscriber.task = Task {
@@ -382,23 +376,19 @@ final class SyncConnection: ChannelInboundHandler {
                     chunkBytes: environment.configuration.snapshotChunkBytes,
                     onStart: { position in
                         try await bound.writeAndFlush(ServerMessage.subscribed(id: id, mode: mode, cursor: Cursor(epoch: epoch, position: position)),
-                                                      for: boundSubscriber, on: loop)
+                                                      for: boundSubscriber, run: run, on: loop)
                     },
                     onChunk: { rows, done, position in
                         try await bound.writeAndFlush(ServerMessage.snapshot(sub: id, rows: rows, done: done, cursor: Cursor(epoch: epoch, position: position)),
-                                                      for: boundSubscriber, on: loop)
+                                                      for: boundSubscriber, run: run, on: loop)
                     })
                 try Task.checkCancellation()
                 loop.execute {
                     let connection = bound.value
                     let subscriber = boundSubscriber.value
-                    guard connection.subscribers[id] === subscriber, subscriber.phase == .starting else { return }
-                    guard let position else {
-                        connection.endSubscription(subscriber, code: .forbidden, message: "not allowed to read this feed")
-                        return
-                    }
-                    subscriber.cursor = position
-                    connection.catchUp(subscriber)
+                    guard connection.owns(subscriber) else { return }
+                    connection.carryOut(subscriber.machine.snapshotDone(run: run, position: position, loop: connection.fanout.position),
+                                        for: subscriber)
                     connection.flushIfNeeded()  // the live marker, when the feed went live at once
                 }
             } catch {
@@ -407,32 +397,53 @@ final class SyncConnection: ChannelInboundHandler {
                 loop.execute {
                     let connection = bound.value
                     let subscriber = boundSubscriber.value
-                    guard connection.subscribers[id] === subscriber else { return }
+                    guard connection.owns(subscriber), subscriber.machine.run == run else { return }
                     connection.endSubscription(subscriber, code: code, message: message, retryAfterMS: retry)
                 }
             }
         }
     }
 
-    /// Brings a subscriber from its cursor to this loop's head — from the in-memory ring when it
-    /// still holds the range (in the loop's next catch-up pass, shared with every subscriber
-    /// resuming meanwhile), else from the loop's shared scan of the change log (`LogCatchUp`) —
-    /// then makes it live.
-    private func catchUp(_ subscriber: Subscriber) {
-        guard !closing, subscriber.phase == .starting else { return }
-        let fanout = self.fanout
-        if subscriber.cursor >= fanout.head {
-            return goLive(subscriber, body: FeedBody(), through: subscriber.cursor)
+    /// Carries out what a subscription's machine decided. `body` is what the event brought for
+    /// this subscriber (a catch-up page or the ring pass's encoding), written by `send` and
+    /// `goLive`; `promise` completes when a `send` reached the socket.
+    func carryOut(_ actions: [SubscriptionStateMachine.Action], for subscriber: Subscriber, body: FeedBody = FeedBody(),
+                  promise: EventLoopPromise<Void>? = nil) {
+        var promise = promise
+        defer { promise?.succeed() }
+        for action in actions {
+            switch action {
+            case .startSnapshot(let run, let reset):
+                runSnapshot(subscriber, mode: reset ? .reset : .snapshot, run: run)
+            case .sendResumed(let cursor):
+                sendText(ServerMessage.subscribed(id: subscriber.id, mode: .resume, cursor: Cursor(epoch: environment.hub.epoch, position: cursor)))
+            case .requestRingCatchUp:
+                guard !closing else { return }
+                fanout.requestCatchUp(subscriber, environment: environment)
+            case .readLogPage:
+                guard !closing else { return }
+                fanout.logCatchUp.add(subscriber, environment: environment)
+            case .send(let through):
+                send(body, to: subscriber, through: through, promise: promise)
+                promise = nil
+            case .goLive(let through, let young):
+                goLive(subscriber, body: body, through: through, young: young)
+            case .restart(let reason, let run):
+                guard !closing else { return }
+                logger.info("restarting feed", metadata: ["sub": "\(subscriber.id)", "reason": "\(reason.message)"])
+                fanout.remove(subscriber)
+                runSnapshot(subscriber, mode: .reset, run: run)
+            case .end(let reason):
+                drop(subscriber)
+                // A snapshot the claims may not read: the subscription ends with `forbidden`.
+                if reason == .revoked, subscribers[subscriber.id] === subscriber {
+                    subscribers[subscriber.id] = nil
+                    session.subscriptionEnded(id: subscriber.id)
+                    sendText(ServerMessage.error(code: .forbidden, message: "not allowed to read this feed", ref: .string(subscriber.id), retryAfterMS: nil))
+                    flushIfNeeded()
+                }
+            }
         }
-        fanout.requestCatchUp(subscriber, environment: environment)
-    }
-
-    /// The loop's catch-up pass encoded what `subscriber` missed through `target` (the loop's
-    /// head): send it and go live. The caller flushes.
-    func finishCatchUp(_ subscriber: Subscriber, body: FeedBody, through target: Int64) {
-        guard !closing, subscriber.phase == .starting, subscribers[subscriber.id] === subscriber else { return }
-        if body.reset { return restart(subscriber, reason: "the feed must be reloaded") }
-        goLive(subscriber, body: body, through: target)
     }
 
     /// The feed has caught up: its last catch-up `body` goes out as the feed's one `changes` with
@@ -440,25 +451,32 @@ final class SyncConnection: ChannelInboundHandler {
     /// the fan-out takes the feed over. The marker is written here, once per start of a feed, so
     /// the fan-out's hot path never looks at it; being written after every catch-up message and
     /// before any `ack` this releases, it cannot overtake either.
-    private func goLive(_ subscriber: Subscriber, body: FeedBody, through: Int64) {
+    private func goLive(_ subscriber: Subscriber, body: FeedBody, through: Int64, young: Bool) {
         var body = body
         if body.changes == nil {
-            body.changes = fanout.encoder.advanceBody(through: max(subscriber.cursor, through))
+            body.changes = fanout.encoder.advanceBody(through: through)
         }
         send(body, to: subscriber, through: through, live: true)
         guard !closing else { return }  // the send found the outbound queue full
-        fanout.activate(subscriber)
+        fanout.activate(subscriber, young: young)
         if awaitingDelivery { releaseOutcomes() }
+    }
+
+    /// Subscribes to `key` as `id` and goes live at the loop's head at once, with no snapshot or
+    /// catch-up: only for the in-process cost harness (`FanoutCostHarness`), which has no database.
+    func attachLiveForHarness(id: String, key: FeedKey) {
+        let (feedID, generation) = environment.hub.retain(key)
+        let subscriber = Subscriber(id: id, key: key, feedID: feedID, generation: generation, connection: self)
+        subscribers[id] = subscriber
+        let position = fanout.position
+        _ = subscriber.machine.resolved(.resume(after: position.head), loop: position)
+        // Its feed is newer than the loop's last batch: young for one batch, then live.
+        fanout.activate(subscriber, young: subscriber.machine.state != .live)
     }
 
     /// Whether `subscriber` is still this connection's (not unsubscribed, replaced or closed).
     func owns(_ subscriber: Subscriber) -> Bool {
         !closing && subscribers[subscriber.id] === subscriber
-    }
-
-    /// The log scan brought `subscriber` to the ring's start: the rest comes from the ring.
-    func continueCatchUp(_ subscriber: Subscriber) {
-        catchUp(subscriber)
     }
 
     /// The log scan could not read the change log: the subscription ends with the error (the
@@ -469,18 +487,10 @@ final class SyncConnection: ChannelInboundHandler {
         endSubscription(subscriber, code: code, message: message, retryAfterMS: retry)
     }
 
-    /// Restarts a feed from a fresh snapshot (`subscribed` with mode `reset`).
-    func restart(_ subscriber: Subscriber, reason: String) {
-        guard !closing, subscribers[subscriber.id] === subscriber else { return }
-        logger.info("restarting feed", metadata: ["sub": "\(subscriber.id)", "reason": "\(reason)"])
-        fanout.remove(subscriber)
-        runSnapshot(subscriber, mode: .reset)
-    }
-
     private func unsubscribe(_ id: String) {
         resolving[id] = nil
         if let subscriber = subscribers.removeValue(forKey: id) {
-            drop(subscriber)
+            carryOut(subscriber.machine.unsubscribe(), for: subscriber)
         }
         sendText(ServerMessage.unsubscribed(id: id))
     }
@@ -489,17 +499,17 @@ final class SyncConnection: ChannelInboundHandler {
     private func endSubscription(_ subscriber: Subscriber, code: ErrorCode, message: String, retryAfterMS: Int? = nil) {
         guard subscribers[subscriber.id] === subscriber else { return }
         subscribers[subscriber.id] = nil
-        drop(subscriber)
+        carryOut(subscriber.machine.failed(), for: subscriber)
         session.subscriptionEnded(id: subscriber.id)
         sendText(ServerMessage.error(code: code, message: message, ref: .string(subscriber.id), retryAfterMS: retryAfterMS))
         flushIfNeeded()
     }
 
+    /// The machine's `end`: out of the fan-out, work cancelled, the feed released.
     private func drop(_ subscriber: Subscriber) {
         fanout.remove(subscriber)
         subscriber.task?.cancel()
         subscriber.task = nil
-        subscriber.phase = .ended
         environment.hub.release(subscriber.feedID)
         if awaitingDelivery { releaseOutcomes() }
     }
@@ -558,12 +568,8 @@ final class SyncConnection: ChannelInboundHandler {
     private func feedsDelivered(through position: Int64, loopHead: Int64) -> Bool {
         guard !subscribers.isEmpty else { return true }
         guard loopHead >= position else { return false }
-        for subscriber in subscribers.values {
-            switch subscriber.phase {
-            case .live, .ended: continue
-            case .young: if subscriber.cursor < position { return false }
-            case .starting: return false
-            }
+        for subscriber in subscribers.values where subscriber.machine.holds(until: position) {
+            return false
         }
         return true
     }
@@ -589,7 +595,6 @@ final class SyncConnection: ChannelInboundHandler {
             subscriber.lastSent = .now()
             subscriber.lastSentPosition = through
         }
-        subscriber.cursor = max(subscriber.cursor, through)
         let last = body.messages.count - (body.changes == nil ? 1 : 0)
         guard last >= 0 else {
             promise?.succeed()
@@ -624,8 +629,9 @@ final class SyncConnection: ChannelInboundHandler {
 
     /// Writes a subscriber's own message (`subscribed`, a snapshot chunk) unless it has ended
     /// meanwhile: after `unsubscribed`, nothing more is sent for it.
-    fileprivate func writeTextAndFlush(_ text: String, for subscriber: Subscriber) -> EventLoopFuture<Void> {
-        guard !closing, let context, subscribers[subscriber.id] === subscriber, subscriber.phase == .starting else {
+    fileprivate func writeTextAndFlush(_ text: String, for subscriber: Subscriber, run: UInt32) -> EventLoopFuture<Void> {
+        guard !closing, let context, subscribers[subscriber.id] === subscriber,
+              subscriber.machine.state == .snapshotting, subscriber.machine.run == run else {
             return eventLoop.makeFailedFuture(Abandoned())
         }
         let frame = WebSocketFrame(fin: true, opcode: .text, data: context.channel.allocator.buffer(string: text))
@@ -715,7 +721,7 @@ final class SyncConnection: ChannelInboundHandler {
         expiry?.cancel()
         resolving = [:]
         if context != nil {
-            for subscriber in subscribers.values { drop(subscriber) }
+            for subscriber in subscribers.values { carryOut(subscriber.machine.closed(), for: subscriber) }
             fanout.unregister(self)
             if awaitingDelivery { fanout.awaitDelivery(self, false) }
         }
@@ -765,8 +771,8 @@ struct SessionFailure: Error {
 extension NIOLoopBound where Value == SyncConnection {
     /// Writes one text frame from a background task and waits until it is flushed to the socket,
     /// so snapshots are paced by the client's reading speed.
-    func writeAndFlush(_ text: String, for subscriber: NIOLoopBound<Subscriber>, on loop: any EventLoop) async throws {
+    func writeAndFlush(_ text: String, for subscriber: NIOLoopBound<Subscriber>, run: UInt32, on loop: any EventLoop) async throws {
         let bound = self
-        try await loop.flatSubmit { bound.value.writeTextAndFlush(text, for: subscriber.value) }.get()
+        try await loop.flatSubmit { bound.value.writeTextAndFlush(text, for: subscriber.value, run: run) }.get()
     }
 }

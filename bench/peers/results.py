@@ -53,7 +53,7 @@ def load(paths):
             print(f"(skipping unreadable {path})", file=sys.stderr)
             continue
         kind = o.get("scenario")
-        if kind not in ("fanout", "idle", "resume"):
+        if kind not in ("fanout", "idle", "resume", "subscribe"):
             continue
         if kind == "fanout" and o.get("feeds") == "many":
             kind = "feeds"
@@ -208,6 +208,20 @@ def write(runs, machine, out, plots_dir, args):
                 f"{ms(med(rs, 'live_s'))} | {ms(med(rs, 'caught_up_s'))} | {ms(med(rs, 'server_cpu_s'))} | "
                 f"{big(med(rs, 'deliveries'))} | {sum(o.get('gaps', 0) for o in rs)} (all runs) | "
                 f"{sum(o.get('duplicates', 0) for o in rs)} (all runs) | {sum(o.get('resets', 0) for o in rs)} | {len(rs)} |")
+        add("")
+
+    subs = sorted({name for (k, _, name) in runs if k == "subscribe"})
+    if subs:
+        add("## Subscribing at once (issue 13)")
+        add("")
+        add("N clients connect and subscribe at once (the load client sets up 256 at a time): time until every one "
+            "has its snapshot (`done: true`). The bridges have no snapshot: until every WebSocket is open.")
+        add("")
+        add("| scenario | server | all have their snapshot s | subscribes/s | server CPU s | runs |")
+        add("|---|---|---:|---:|---:|---:|")
+        for name, server, rs in results_of(runs, "subscribe", subs, servers_of(runs, "subscribe")):
+            add(f"| {name} | {LABEL.get(server, server)} | {ms(med(rs, 'setup_s'))} | {big(med(rs, 'subscribes_per_s'))} | "
+                f"{ms(med(rs, 'server_cpu_s'))} | {len(rs)} |")
         add("")
 
     idle_servers = servers_of(runs, "idle")

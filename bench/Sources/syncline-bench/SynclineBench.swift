@@ -9,7 +9,7 @@ struct SynclineBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "syncline-bench",
         abstract: "Load client for the Syncline sync server (fan-out latency/throughput, idle memory, mutations).",
-        subcommands: [Fanout.self, Idle.self, Resume.self, Mutate.self, PgBench.self, Report.self])
+        subcommands: [Fanout.self, Subscribe.self, Idle.self, Resume.self, Mutate.self, PgBench.self, Report.self])
 }
 
 /// Options shared by the scenarios that open WebSocket connections.
@@ -158,6 +158,9 @@ struct Fanout: AsyncParsableCommand {
     @Option(help: "Measurements on one set of subscriptions; with more than one, round k is named <name>-run<k> and written to <json without .json>-run<k>.json. A round that misses deliveries gets the next one a fresh set.")
     var rounds: Int = 1
 
+    @Flag(help: "After the setup, wait for a line on stdin before committing (bench/syscalls attaches strace then).")
+    var waitForGo = false
+
     @Option(help: "Scenario name for the report.")
     var name: String?
 
@@ -229,6 +232,11 @@ struct Fanout: AsyncParsableCommand {
                 let setupSeconds = try await openAllOrFail(factory: factory, count: n, concurrency: self.connection.connectConcurrency,
                                                            waitingFor: "their snapshot", onFailure: { await writer.close() })
                 print("  setup: \(n) connections subscribed, snapshots received, in \(fmt(setupSeconds)) s")
+                if self.waitForGo {
+                    print("  waiting for a line on stdin")
+                    fflush(nil)
+                    _ = readLine()
+                }
                 // A bridge registers a client just after its upgrade response: let the last ones land.
                 if self.connection.wireProtocol == .peer { try await Task.sleep(nanoseconds: 200_000_000) }
                 // Setting up 10,000 subscriptions takes longer than measuring them: the rounds share
@@ -499,6 +507,7 @@ struct Report: ParsableCommand {
     func run() throws {
         var fanouts: [[String: Any]] = []
         var idles: [[String: Any]] = []
+        var subscribes: [[String: Any]] = []
         var mutations: [[String: Any]] = []
         var machine: [String: Any]?
         for file in self.files {
@@ -512,6 +521,7 @@ struct Report: ParsableCommand {
             switch object["scenario"] as? String {
             case "fanout": fanouts.append(object)
             case "idle": idles.append(object)
+            case "subscribe": subscribes.append(object)
             case "mutate", "pgbench": mutations.append(object)
             default: break
             }
@@ -540,6 +550,14 @@ struct Report: ParsableCommand {
             print("|---|---:|---:|---:|---:|---:|")
             for o in idles {
                 print("| \(o["name"] ?? "idle") | \(big(num(o, "connections"))) | \(cell(num(o, "setup_s"))) | \(cell(num(o, "rss_before_kib").map { $0 / 1024 }, 1)) | \(cell(num(o, "rss_open_kib").map { $0 / 1024 }, 1)) | \(cell(num(o, "rss_per_connection_kib"))) |")
+            }
+            print("")
+        }
+        if !subscribes.isEmpty {
+            print("| scenario | subscribers | feeds | all have their snapshot s | subscribes/s | server CPU s |")
+            print("|---|---:|---|---:|---:|---:|")
+            for o in subscribes {
+                print("| \(o["name"] ?? "subscribe") | \(big(num(o, "subscribers"))) | \(o["feeds"] ?? "–") | \(cell(num(o, "setup_s"))) | \(big(num(o, "subscribes_per_s"))) | \(cell(num(o, "server_cpu_s"))) |")
             }
             print("")
         }
