@@ -13,6 +13,7 @@ let package = Package(
         .executable(name: "syncline-bench", targets: ["syncline-bench"]),
         .library(name: "SynclineProtocol", targets: ["SynclineProtocol"]),
         .library(name: "SynclineServer", targets: ["SynclineServer"]),
+        .library(name: "SynclineClient", targets: ["SynclineClient"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.0"),
@@ -27,6 +28,7 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/swift-websocket.git", from: "1.6.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.0.0"),
+        .package(url: "https://github.com/vapor/sqlite-nio.git", from: "1.13.0"),
         // Already used by jwt-kit; the server hashes static files with it (ETags).
         .package(url: "https://github.com/apple/swift-crypto.git", "4.1.0"..<"6.0.0"),
     ],
@@ -88,10 +90,33 @@ let package = Package(
             resources: [.copy("Resources/dashboard.html"), .copy("Resources/dashboard-sw.js")],
             swiftSettings: strict
         ),
+        // The Swift client SDK: an I/O-free core (ClientCore) and its shell (WebSocket, SQLite store).
+        .target(
+            name: "SynclineClient",
+            dependencies: [
+                "SynclineProtocol",
+                .product(name: "WSClient", package: "swift-websocket"),
+                .product(name: "SQLiteNIO", package: "sqlite-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        // A console app on SynclineClient: one account's live query and transfers typed at the prompt.
+        .executableTarget(
+            name: "syncline-swift-client-example",
+            dependencies: ["SynclineClient"],
+            path: "examples/swift-client",
+            swiftSettings: strict
+        ),
         .executableTarget(
             name: "syncline",
             dependencies: [
                 "SynclineServer",
+                "SynclineClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict
@@ -136,9 +161,15 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(
+            name: "SynclineClientTests",
+            dependencies: ["SynclineClient", "SynclineProtocol"],
+            swiftSettings: strict
+        ),
+        .testTarget(
             name: "SynclineIntegrationTests",
             dependencies: [
                 "SynclineServer",
+                "SynclineClient",
                 "SynclineProtocol",
                 "SynclinePostgres",
                 .product(name: "WSClient", package: "swift-websocket"),

@@ -10,7 +10,7 @@ struct Syncline: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "syncline",
         abstract: "A real-time sync server: Postgres change feeds over WebSocket.",
-        subcommands: [Serve.self, Migrate.self],
+        subcommands: [Serve.self, Migrate.self, Tail.self],
         defaultSubcommand: Serve.self)
 }
 

@@ -1,0 +1,209 @@
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import SynclineClient
+
+/// A child process (the `syncline` server, or the Swift client example) whose output lines are
+/// collected, and which can be stopped with SIGTERM or killed with SIGKILL.
+final class ChildProcess: Sendable {
+    private let process: Process
+    private let input: Pipe
+    private let output = NIOLockedValueBox<[String]>([])
+    private let partial = NIOLockedValueBox("")
+    let name: String
+
+    static func binary(_ name: String) -> String { repositoryRoot + "/.build/debug/" + name }
+
+    init(_ executable: String, _ arguments: [String], environment: [String: String] = [:], name: String) throws {
+        self.name = name
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        var env = ProcessInfo.processInfo.environment
+        env["SYNCLINE_CLIENT_CRASH_AT"] = nil
+        for (k, v) in environment { env[k] = v }
+        process.environment = env
+        input = Pipe()
+        let out = Pipe()
+        process.standardInput = input
+        process.standardOutput = out
+        process.standardError = out
+        let output = self.output
+        let partial = self.partial
+        out.fileHandleForReading.readabilityHandler = { handle in
+            let data = handle.availableData
+            guard !data.isEmpty else { return }
+            let lines = partial.withLockedValue { rest -> [String] in
+                rest += String(decoding: data, as: UTF8.self)
+                var parts = rest.components(separatedBy: "\n")
+                rest = parts.removeLast()
+                return parts
+            }
+            output.withLockedValue { $0.append(contentsOf: lines) }
+        }
+        try process.run()
+    }
+
+    var lines: [String] { output.withLockedValue { $0 } }
+    var isRunning: Bool { process.isRunning }
+    var pid: Int32 { process.processIdentifier }
+
+    func write(_ line: String) {
+        input.fileHandleForWriting.write(Data((line + "\n").utf8))
+    }
+
+    func closeInput() {
+        try? input.fileHandleForWriting.close()
+    }
+
+    /// Waits for an output line containing `text`; returns it.
+    @discardableResult
+    func waitForLine(containing text: String, timeout: Duration = .seconds(30)) async throws -> String {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if let line = lines.first(where: { $0.contains(text) }) { return line }
+            if !process.isRunning, let line = lines.first(where: { $0.contains(text) }) { return line }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw TestFailure("\(name): no line containing '\(text)' within \(timeout); output:\n" + lines.suffix(40).joined(separator: "\n"))
+    }
+
+    /// Waits for the process to end; returns its termination status.
+    @discardableResult
+    func waitForExit(timeout: Duration = .seconds(30)) async throws -> Int32 {
+        let deadline = ContinuousClock.now + timeout
+        while process.isRunning {
+            guard ContinuousClock.now < deadline else {
+                kill(process.processIdentifier, SIGKILL)
+                throw TestFailure("\(name) did not exit within \(timeout)")
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        return process.terminationStatus
+    }
+
+    func signal(_ signal: Int32) {
+        kill(process.processIdentifier, signal)
+    }
+
+    deinit {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    }
+}
+
+/// `syncline serve --demo` as a child process on a fixed port over a test database, so it can be
+/// killed (SIGKILL) or stopped (SIGTERM) and started again on the same port and data.
+final class ServerProcess: Sendable {
+    let database: TestDatabase
+    let port: Int
+    private let current = NIOLockedValueBox<ChildProcess?>(nil)
+
+    var url: String { "ws://127.0.0.1:\(port)/v1/sync" }
+
+    init(database: TestDatabase? = nil) throws {
+        self.database = try database ?? TestDatabase(url: TestCluster.makeDatabase())
+        port = try freePort()
+    }
+
+    /// Starts the server and waits until `/readyz` answers 200.
+    func start() async throws {
+        let child = try ChildProcess(ChildProcess.binary("syncline"), [
+            "serve", "--database-url", database.url, "--port", "\(port)", "--demo", "--no-demo-generator",
+            "--insecure-dev-auth", "--heartbeat-ms", "2000", "--event-loop-threads", "1", "--log-level", "warning",
+        ], name: "syncline serve :\(port)")
+        current.withLockedValue { $0 = child }
+        let deadline = ContinuousClock.now + .seconds(60)
+        while ContinuousClock.now < deadline {
+            if !child.isRunning { throw TestFailure("the server exited:\n" + child.lines.joined(separator: "\n")) }
+            if let answer = try? await RawHTTP.request(port: port, "GET /readyz HTTP/1.1\nHost: x\nConnection: close\n\n"),
+               answer.hasPrefix("HTTP/1.1 200") {
+                return
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw TestFailure("the server never became ready:\n" + child.lines.joined(separator: "\n"))
+    }
+
+    /// Stops the server with `signal` (SIGTERM: graceful, 1001 to clients; SIGKILL: gone at once).
+    func stop(_ signal: Int32 = SIGTERM) async throws {
+        guard let child = current.withLockedValue({ $0 }) else { return }
+        child.signal(signal)
+        try await child.waitForExit()
+        current.withLockedValue { $0 = nil }
+    }
+}
+
+/// A TCP port nothing listens on right now.
+func freePort() throws -> Int {
+    let channel = try ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+        .bind(host: "127.0.0.1", port: 0).wait()
+    let port = channel.localAddress!.port!
+    try channel.close().wait()
+    return port
+}
+
+/// A fresh path for a client's SQLite store, removed with its WAL by `remove`.
+struct TempStorePath {
+    let path = NSTemporaryDirectory() + "syncline-client-\(UUID().uuidString).sqlite"
+    func remove() {
+        for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) }
+    }
+}
+
+/// Waits until `condition` holds, polling; fails after `timeout` with `what`.
+func eventually(_ what: String, timeout: Duration = .seconds(20), _ condition: () async throws -> Bool) async throws {
+    let deadline = ContinuousClock.now + timeout
+    while try await !condition() {
+        guard ContinuousClock.now < deadline else { throw TestFailure("timed out waiting for \(what)") }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+}
+
+/// Records everything a live query publishes, for checks of "each change once".
+final class QueryRecorder: Sendable {
+    let events = NIOLockedValueBox<[LiveQueryEvent]>([])
+    private let task: Task<Void, Never>
+
+    init(_ query: LiveQuery) {
+        let events = self.events
+        task = Task {
+            for await event in query.events(limit: 100_000) { events.withLockedValue { $0.append(event) } }
+        }
+    }
+
+    /// How many times each key was inserted by a `changes` event.
+    var insertsByKey: [String: Int] {
+        var counts: [String: Int] = [:]
+        for event in events.withLockedValue({ $0 }) {
+            guard case .changes(let changes) = event else { continue }
+            for change in changes where change.op == .insert { counts[change.key.keyString, default: 0] += 1 }
+        }
+        return counts
+    }
+
+    var kinds: [String] {
+        events.withLockedValue { $0 }.map { event in
+            switch event {
+            case .snapshot: return "snapshot"
+            case .changes: return "changes"
+            case .reset: return "reset"
+            case .live: return "live"
+            case .cursor: return "cursor"
+            case .resynced: return "resynced"
+            case .ended: return "ended"
+            }
+        }
+    }
+
+    func stop() { task.cancel() }
+}
+
+/// A client of `url` as alice (unsigned dev tokens) over `store`.
+func makeClient(url: String, store: any ClientStore, sub: String = "alice", cap: Duration = .seconds(10)) -> SynclineClient {
+    var configuration = SynclineClient.Configuration()
+    configuration.backoffCap = cap
+    configuration.logger.logLevel = .error
+    return SynclineClient(url: url, tokenProvider: { DevToken.unsigned(sub: sub) }, store: store, configuration: configuration)
+}
