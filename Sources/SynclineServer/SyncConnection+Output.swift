@@ -60,18 +60,6 @@ extension SyncConnection {
         needsFlush = true
     }
 
-    /// Writes a subscriber's own message (`subscribed`, a snapshot chunk) unless it has ended
-    /// meanwhile: after `unsubscribed`, nothing more is sent for it.
-    func writeTextAndFlush(_ text: String, for subscriber: Subscriber, run: UInt32) -> EventLoopFuture<Void> {
-        guard !closing, let context, subscribers[subscriber.id] === subscriber,
-              subscriber.machine.state == .snapshotting, subscriber.machine.run == run else {
-            return eventLoop.makeFailedFuture(Abandoned())
-        }
-        let frame = WebSocketFrame(fin: true, opcode: .text, data: context.channel.allocator.buffer(string: text))
-        needsFlush = false
-        return context.writeAndFlush(wrapOutboundOut(frame))
-    }
-
     /// Called by the fan-out at the end of a batch.
     func fanoutFlush() {
         queuedForFlush = false
@@ -82,14 +70,5 @@ extension SyncConnection {
         guard needsFlush, let context else { return }
         needsFlush = false
         context.flush()
-    }
-}
-
-extension NIOLoopBound where Value == SyncConnection {
-    /// Writes one text frame from a background task and waits until it is flushed to the socket,
-    /// so snapshots are paced by the client's reading speed.
-    func writeAndFlush(_ text: String, for subscriber: NIOLoopBound<Subscriber>, run: UInt32, on loop: any EventLoop) async throws {
-        let bound = self
-        try await loop.flatSubmit { bound.value.writeTextAndFlush(text, for: subscriber.value, run: run) }.get()
     }
 }

@@ -11,6 +11,8 @@ final class SyncEnvironment: Sendable {
     let clients: ClientRegistry
     let mutations: MutationExecutor
     let authenticator: Authenticator
+    /// Shared snapshot reads (ADR 0007).
+    let snapshots: SnapshotCoordinator
     let logger: Logger
     let connections = NIOLockedValueBox(0)
     let connectionsGauge = Gauge(label: "syncline_connections")
@@ -26,6 +28,7 @@ final class SyncEnvironment: Sendable {
         self.mutations = mutations
         self.authenticator = authenticator
         self.logger = logger
+        self.snapshots = SnapshotCoordinator(reader: reader, epoch: hub.epoch, configuration: configuration, logger: logger)
     }
 
     /// Takes a connection slot; false when the limit is reached.

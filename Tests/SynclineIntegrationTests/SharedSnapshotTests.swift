@@ -1,0 +1,219 @@
+import Foundation
+import PostgresNIO
+import SynclineProtocol
+import SynclineServer
+import Testing
+
+/// Shared snapshots (ADR 0007) end to end: real Postgres, real server, real WebSocket clients.
+@Suite("Shared snapshots")
+struct SharedSnapshotTests {
+    static func subscribe(_ account: String, id: String = "t") -> String {
+        TestClient.encode(["type": "subscribe", "id": id, "collection": "transactions", "where": ["account_id": account]])
+    }
+
+    /// Connects and says hello with an unsigned token carrying `claims` besides `sub`.
+    static func open(_ server: TestServer, sub: String = "alice", claims: [(String, JSONValue)]) async throws -> TestClient {
+        let client = try await TestClient.connect(server)
+        client.send(["type": "hello", "client_id": "c-\(UUID().uuidString.prefix(12))",
+                     "token": Authenticator.unsignedToken(sub: sub, extraClaims: claims)])
+        let welcome = try await client.next(timeout: .seconds(20))
+        guard welcome["type"]?.stringValue == "welcome" else { throw TestFailure("expected welcome, got \(welcome.jsonText)") }
+        return client
+    }
+
+    /// Makes every policy check of `transactions` take `seconds` (so a read is in flight long
+    /// enough to arrive during it) and refuse tokens whose `jti` is `banned`.
+    static func slowPolicy(_ server: TestServer, seconds: Double) async throws {
+        _ = try server.database.psql("""
+            CREATE OR REPLACE FUNCTION demo.transactions_policy(filter jsonb) RETURNS boolean
+            LANGUAGE sql VOLATILE AS $$
+                SELECT pg_sleep(\(seconds)) IS NOT NULL
+                   AND coalesce(nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'jti', '') <> 'banned'
+                   AND filter ? 'account_id' AND EXISTS (
+                       SELECT 1 FROM public.accounts a WHERE a.id = filter ->> 'account_id' AND a.owner = demo.current_sub())
+            $$
+            """)
+    }
+
+    static func keys(_ server: TestServer, account: String) async throws -> Set<String> {
+        try await server.database.withConnection { connection in
+            var ids = Set<String>()
+            for try await id in try await connection.query(
+                "SELECT id::text FROM transactions WHERE account_id = \(account)", logger: TestCluster.logger).decode(String.self) {
+                ids.insert(uuidKey(id))
+            }
+            return ids
+        }
+    }
+
+    @Test("many subscribers of one feed: identical complete snapshots from few reads, then every change once")
+    func manySubscribersOneFeed() async throws {
+        try await TestServer.with(configure: { $0.server.snapshotShareWindowMilliseconds = 300 }) { server in
+            let n = 24
+            var clients: [TestClient] = []
+            for i in 0..<n {
+                // Same user, different token identity and age: they share.
+                clients.append(try await Self.open(server, claims: [("jti", .string("j\(i)")), ("iat", .number("\(1_700_000_000 + i)"))]))
+            }
+            // Writers commit while the subscribes arrive and the reads run.
+            let writes = 60
+            let writer = Task {
+                try await server.database.withConnection { connection in
+                    for k in 0..<writes {
+                        try await connection.query(
+                            "INSERT INTO transactions (account_id, amount, memo) VALUES ('alice-checking', \(k), \("live-\(k)"))",
+                            logger: TestCluster.logger)
+                        try await Task.sleep(for: .milliseconds(10))
+                    }
+                }
+            }
+            for client in clients { client.send(Self.subscribe("alice-checking")) }
+            try await writer.value
+            let expected = try await Self.keys(server, account: "alice-checking")
+            var snapshotCursors: [String] = []
+            var snapshots: [[String: JSONValue]] = []
+            for client in clients {
+                var feed = FeedCollector(sub: "t")
+                try await feed.collect(from: client, timeout: .seconds(40)) { $0.snapshotDone }
+                snapshotCursors.append(feed.cursor ?? "?")
+                snapshots.append(feed.rows)
+                try await feed.collect(from: client, timeout: .seconds(40)) { $0.rows.count >= expected.count && $0.liveMarkers > 0 }
+                _ = try await client.drain(for: .milliseconds(200)).map { feed.apply($0) }
+                #expect(feed.modes == ["snapshot"])
+                #expect(Set(feed.rows.keys) == expected)
+                #expect(feed.inserted.values.allSatisfy { $0 == 1 }, "a row was delivered twice")
+                #expect(feed.liveMarkers == 1)
+            }
+            // Sharers of one read got the same snapshot at the same position: fewer positions
+            // than subscribers means reads were shared (the window holds all 24 subscribes).
+            let positions = Set(snapshotCursors)
+            let reads = server.app.snapshotReads
+            #expect(reads.sharers == n)
+            #expect(reads.reads < n / 2, "\(reads.reads) reads for \(n) subscribers")
+            #expect(positions.count <= reads.reads)
+            for (cursor, rows) in zip(snapshotCursors, snapshots) {
+                let first = snapshotCursors.firstIndex(of: cursor)!
+                #expect(rows == snapshots[first], "sharers of one read saw different rows")
+            }
+            for client in clients { await client.close() }
+        }
+    }
+
+    @Test("every sharer's policy is checked: a refused one gets forbidden, the others their rows")
+    func policyPerSharer() async throws {
+        try await TestServer.with(configure: { $0.server.snapshotShareWindowMilliseconds = 400 }) { server in
+            try await Self.slowPolicy(server, seconds: 0)
+            // Same claims but for `jti`: one read, checked three times.
+            let a = try await Self.open(server, claims: [("jti", .string("a"))])
+            let banned = try await Self.open(server, claims: [("jti", .string("banned"))])
+            let c = try await Self.open(server, claims: [("jti", .string("c"))])
+            // Other claims: their own reads; bob may not read alice's feed.
+            let bob = try await Self.open(server, sub: "bob", claims: [])
+            let bobOwn = try await Self.open(server, sub: "bob", claims: [("jti", .string("x"))])
+            for client in [a, banned, c, bob] { client.send(Self.subscribe("alice-checking")) }
+            bobOwn.send(Self.subscribe("bob-checking"))
+            let before = server.app.snapshotReads
+
+            let refused = try await banned.next("error")
+            #expect(refused["code"] == .string("forbidden"))
+            #expect(refused["ref"] == .string("t"))
+            let bobRefused = try await bob.next("error")
+            #expect(bobRefused["code"] == .string("forbidden"))
+
+            var cursors: [String] = []
+            let alices = try await Self.keys(server, account: "alice-checking")
+            for client in [a, c] {
+                var feed = FeedCollector(sub: "t")
+                try await feed.collect(from: client) { $0.snapshotDone }
+                #expect(Set(feed.rows.keys) == alices)
+                cursors.append(feed.cursor ?? "?")
+            }
+            #expect(cursors[0] == cursors[1])
+            var own = FeedCollector(sub: "t")
+            try await own.collect(from: bobOwn) { $0.snapshotDone }
+            let bobs = try await Self.keys(server, account: "bob-checking")
+            #expect(Set(own.rows.keys) == bobs)
+            // Three reads: alice's three tokens (one refused) in one, bob on alice's, bob on his own.
+            let reads = server.app.snapshotReads
+            #expect(reads.reads - before.reads == 3)
+            #expect(reads.sharers - before.sharers == 5)
+            #expect(own.rows.values.allSatisfy { $0["account_id"] == .string("bob-checking") })
+
+            // Nothing of alice's reached the refused ones.
+            for client in [banned, bob] {
+                let extra = try await client.drain(for: .milliseconds(300))
+                #expect(!extra.contains { ["subscribed", "snapshot", "changes"].contains($0["type"]?.stringValue ?? "") })
+            }
+            for client in [a, banned, c, bob, bobOwn] { await client.close() }
+        }
+    }
+
+    @Test("a subscribe during a read waits for the next read of its feed, and misses nothing")
+    func lateArrivalGetsTheNextRead() async throws {
+        try await TestServer.with(configure: { $0.server.snapshotShareWindowMilliseconds = 0 }) { server in
+            try await Self.slowPolicy(server, seconds: 0.6)
+            let early = try await TestClient.open(server)
+            let late = try await Self.open(server, claims: [("jti", .string("late"))])
+            early.send(Self.subscribe("alice-checking"))
+            try await Task.sleep(for: .milliseconds(200))  // the read is in its policy check
+            try await server.database.execute(
+                "INSERT INTO transactions (account_id, amount, memo) VALUES ('alice-checking', 7, 'between')")
+            late.send(Self.subscribe("alice-checking"))
+            let expected = try await Self.keys(server, account: "alice-checking")
+            var first = FeedCollector(sub: "t"), second = FeedCollector(sub: "t")
+            try await first.collect(from: early, timeout: .seconds(30)) { $0.snapshotDone }
+            let firstSnapshot = first.rows.count
+            try await second.collect(from: late, timeout: .seconds(30)) { $0.snapshotDone }
+            // The late one was read after the insert; the early one before it, and gets it live.
+            #expect(position(second.cursor) > position(first.cursor))
+            #expect(server.app.snapshotReads == SnapshotReadStats(reads: 2, sharers: 2))
+            #expect(firstSnapshot == expected.count - 1)
+            #expect(Set(second.rows.keys) == expected)
+            try await first.collect(from: early) { $0.rows.count == expected.count }
+            for (collected, client) in [(first, early), (second, late)] {
+                var feed = collected
+                _ = try await client.drain(for: .milliseconds(300)).map { feed.apply($0) }
+                #expect(Set(feed.rows.keys) == expected)
+                #expect(feed.inserted.values.allSatisfy { $0 == 1 })
+            }
+            await early.close()
+            await late.close()
+        }
+    }
+
+    @Test("unsubscribe and close during a shared read leave the other sharers and the server intact")
+    func leavingMidShare() async throws {
+        try await TestServer.with(configure: { $0.server.snapshotShareWindowMilliseconds = 100 }) { server in
+            try await Self.slowPolicy(server, seconds: 0.3)
+            let stays = try await Self.open(server, claims: [("jti", .string("1"))])
+            let leaves = try await Self.open(server, claims: [("jti", .string("2"))])
+            let closes = try await Self.open(server, claims: [("jti", .string("3"))])
+            for client in [stays, leaves, closes] { client.send(Self.subscribe("alice-checking")) }
+            try await Task.sleep(for: .milliseconds(250))  // window closed: the read is checking policies
+            leaves.send(["type": "unsubscribe", "id": "t"])
+            await closes.close()
+            #expect(try await leaves.next("unsubscribed")["id"] == .string("t"))
+            let after = try await leaves.drain(for: .seconds(1))
+            #expect(!after.contains { ["subscribed", "snapshot", "changes"].contains($0["type"]?.stringValue ?? "") },
+                    "a message for the subscription after `unsubscribed`: \(after.map(\.jsonText))")
+
+            var feed = FeedCollector(sub: "t")
+            try await feed.collect(from: stays) { $0.snapshotDone && $0.liveMarkers == 1 }
+            let alices = try await Self.keys(server, account: "alice-checking")
+            #expect(Set(feed.rows.keys) == alices)
+
+            // The same id again on the connection that left: a fresh read, then live.
+            leaves.send(Self.subscribe("alice-checking"))
+            var again = FeedCollector(sub: "t")
+            try await again.collect(from: leaves) { $0.snapshotDone && $0.liveMarkers == 1 }
+            #expect(server.app.snapshotReads == SnapshotReadStats(reads: 2, sharers: 4))
+            try await server.database.execute(
+                "INSERT INTO transactions (account_id, amount, memo) VALUES ('alice-checking', 8, 'after')")
+            let expected = try await Self.keys(server, account: "alice-checking")
+            try await feed.collect(from: stays) { $0.rows.count == expected.count }
+            try await again.collect(from: leaves) { $0.rows.count == expected.count }
+            await stays.close()
+            await leaves.close()
+        }
+    }
+}
