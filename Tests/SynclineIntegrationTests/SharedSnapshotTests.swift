@@ -35,6 +35,21 @@ struct SharedSnapshotTests {
             """)
     }
 
+    /// Waits until a snapshot read is checking policies in the server's database (so the test
+    /// knows a read is in flight, however loaded the machine is).
+    static func waitForRead(_ server: TestServer) async throws {
+        let deadline = ContinuousClock.now + .seconds(30)
+        while true {
+            let active = try server.database.psql("""
+                SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active'
+                   AND query LIKE '%syncline.authorize_many%' AND pid <> pg_backend_pid()
+                """).trimmingCharacters(in: .whitespacesAndNewlines)
+            if active != "0" { return }
+            guard ContinuousClock.now < deadline else { throw TestFailure("no snapshot read started") }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
     static func keys(_ server: TestServer, account: String) async throws -> Set<String> {
         try await server.database.withConnection { connection in
             var ids = Set<String>()
@@ -48,7 +63,7 @@ struct SharedSnapshotTests {
 
     @Test("many subscribers of one feed: identical complete snapshots from few reads, then every change once")
     func manySubscribersOneFeed() async throws {
-        try await TestServer.with(configure: { $0.server.snapshotShareWindowMilliseconds = 300 }) { server in
+        try await TestServer.with(configure: { $0.server.snapshotShareWindowMilliseconds = 1_000 }) { server in
             let n = 24
             var clients: [TestClient] = []
             for i in 0..<n {
@@ -101,7 +116,7 @@ struct SharedSnapshotTests {
 
     @Test("every sharer's policy is checked: a refused one gets forbidden, the others their rows")
     func policyPerSharer() async throws {
-        try await TestServer.with(configure: { $0.server.snapshotShareWindowMilliseconds = 400 }) { server in
+        try await TestServer.with(configure: { $0.server.snapshotShareWindowMilliseconds = 1_000 }) { server in
             try await Self.slowPolicy(server, seconds: 0)
             // Same claims but for `jti`: one read, checked three times.
             let a = try await Self.open(server, claims: [("jti", .string("a"))])
@@ -151,11 +166,11 @@ struct SharedSnapshotTests {
     @Test("a subscribe during a read waits for the next read of its feed, and misses nothing")
     func lateArrivalGetsTheNextRead() async throws {
         try await TestServer.with(configure: { $0.server.snapshotShareWindowMilliseconds = 0 }) { server in
-            try await Self.slowPolicy(server, seconds: 0.6)
+            try await Self.slowPolicy(server, seconds: 3)
             let early = try await TestClient.open(server)
             let late = try await Self.open(server, claims: [("jti", .string("late"))])
             early.send(Self.subscribe("alice-checking"))
-            try await Task.sleep(for: .milliseconds(200))  // the read is in its policy check
+            try await Self.waitForRead(server)  // the read has its position and checks the policy
             try await server.database.execute(
                 "INSERT INTO transactions (account_id, amount, memo) VALUES ('alice-checking', 7, 'between')")
             late.send(Self.subscribe("alice-checking"))
@@ -183,13 +198,13 @@ struct SharedSnapshotTests {
 
     @Test("unsubscribe and close during a shared read leave the other sharers and the server intact")
     func leavingMidShare() async throws {
-        try await TestServer.with(configure: { $0.server.snapshotShareWindowMilliseconds = 100 }) { server in
-            try await Self.slowPolicy(server, seconds: 0.3)
+        try await TestServer.with(configure: { $0.server.snapshotShareWindowMilliseconds = 1_000 }) { server in
+            try await Self.slowPolicy(server, seconds: 1)
             let stays = try await Self.open(server, claims: [("jti", .string("1"))])
             let leaves = try await Self.open(server, claims: [("jti", .string("2"))])
             let closes = try await Self.open(server, claims: [("jti", .string("3"))])
             for client in [stays, leaves, closes] { client.send(Self.subscribe("alice-checking")) }
-            try await Task.sleep(for: .milliseconds(250))  // window closed: the read is checking policies
+            try await Self.waitForRead(server)  // window closed: the read is checking policies
             leaves.send(["type": "unsubscribe", "id": "t"])
             await closes.close()
             #expect(try await leaves.next("unsubscribed")["id"] == .string("t"))
@@ -201,6 +216,7 @@ struct SharedSnapshotTests {
             try await feed.collect(from: stays) { $0.snapshotDone && $0.liveMarkers == 1 }
             let alices = try await Self.keys(server, account: "alice-checking")
             #expect(Set(feed.rows.keys) == alices)
+            #expect(server.app.snapshotReads == SnapshotReadStats(reads: 1, sharers: 3))
 
             // The same id again on the connection that left: a fresh read, then live.
             leaves.send(Self.subscribe("alice-checking"))
