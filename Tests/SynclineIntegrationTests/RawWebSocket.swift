@@ -108,6 +108,13 @@ final class RawWebSocket: Sendable {
 
     var isClosed: Bool { !channel.isActive }
 
+    /// Stops (or resumes) reading from the socket: the server's writes back up as behind a client
+    /// that does not read.
+    func setReading(_ reading: Bool) async throws {
+        try await channel.setOption(ChannelOptions.autoRead, value: reading).get()
+        if reading { channel.read() }
+    }
+
     func close() async {
         try? await channel.close()
     }

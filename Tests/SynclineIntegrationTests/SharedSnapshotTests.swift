@@ -23,8 +23,10 @@ struct SharedSnapshotTests {
 
     /// Makes every policy check of `transactions` take `seconds` (so a read is in flight long
     /// enough to arrive during it) and refuse tokens whose `jti` is `banned`.
+    /// (Async queries, not `psql`: a blocking process wait would hold one of the few cooperative
+    /// threads every server of the parallel suite runs on.)
     static func slowPolicy(_ server: TestServer, seconds: Double) async throws {
-        _ = try server.database.psql("""
+        try await server.database.execute(PostgresQuery(unsafeSQL: """
             CREATE OR REPLACE FUNCTION demo.transactions_policy(filter jsonb) RETURNS boolean
             LANGUAGE sql VOLATILE AS $$
                 SELECT pg_sleep(\(seconds)) IS NOT NULL
@@ -32,21 +34,24 @@ struct SharedSnapshotTests {
                    AND filter ? 'account_id' AND EXISTS (
                        SELECT 1 FROM public.accounts a WHERE a.id = filter ->> 'account_id' AND a.owner = demo.current_sub())
             $$
-            """)
+            """))
     }
 
     /// Waits until a snapshot read is checking policies in the server's database (so the test
     /// knows a read is in flight, however loaded the machine is).
     static func waitForRead(_ server: TestServer) async throws {
         let deadline = ContinuousClock.now + .seconds(30)
-        while true {
-            let active = try server.database.psql("""
-                SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active'
-                   AND query LIKE '%syncline.authorize_many%' AND pid <> pg_backend_pid()
-                """).trimmingCharacters(in: .whitespacesAndNewlines)
-            if active != "0" { return }
-            guard ContinuousClock.now < deadline else { throw TestFailure("no snapshot read started") }
-            try await Task.sleep(for: .milliseconds(20))
+        try await server.database.withConnection { connection in
+            while true {
+                var active = 0
+                for try await n in try await connection.query("""
+                    SELECT count(*)::int FROM pg_stat_activity WHERE datname = current_database() AND state = 'active'
+                       AND query LIKE '%syncline.authorize_many%' AND pid <> pg_backend_pid()
+                    """, logger: TestCluster.logger).decode(Int.self) { active = n }
+                if active > 0 { return }
+                guard ContinuousClock.now < deadline else { throw TestFailure("no snapshot read started") }
+                try await Task.sleep(for: .milliseconds(20))
+            }
         }
     }
 
@@ -230,6 +235,40 @@ struct SharedSnapshotTests {
             try await again.collect(from: leaves) { $0.rows.count == expected.count }
             await stays.close()
             await leaves.close()
+        }
+    }
+
+    @Test("a sharer that stops reading is closed after the stall time; the others get the whole snapshot")
+    func stalledSharer() async throws {
+        try await TestServer.with(configure: {
+            $0.server.snapshotShareWindowMilliseconds = 1_000
+            $0.server.snapshotShareStallMilliseconds = 1_000
+        }) { server in
+            // ~24 MB of rows: more than the loopback socket buffers of a client that does not read.
+            try await server.database.execute("""
+                INSERT INTO transactions (account_id, amount, memo)
+                SELECT 'alice-checking', g, repeat('x', 2000) FROM generate_series(1, 12000) AS g
+                """)
+            let expected = try await Self.keys(server, account: "alice-checking")
+            let reader = try await TestClient.open(server)
+            let stalled = try await RawWebSocket.connect(port: server.port)
+            try await stalled.sendText(TestClient.encode(["type": "hello", "client_id": "stalled-1", "token": TestClient.unsignedToken("alice")]))
+            #expect(try await stalled.next()?.text.contains("welcome") == true)
+            try await stalled.setReading(false)
+            try await stalled.sendText(Self.subscribe("alice-checking"))
+            reader.send(Self.subscribe("alice-checking"))
+            // Without the stall limit the reader would wait for the stalled one forever.
+            var feed = FeedCollector(sub: "t")
+            try await feed.collect(from: reader, timeout: .seconds(90)) { $0.snapshotDone && $0.liveMarkers == 1 }
+            #expect(Set(feed.rows.keys) == expected)
+            #expect(server.app.snapshotReads == SnapshotReadStats(reads: 1, sharers: 2))
+            // The stalled one was closed (4008, if its close frame got through before the socket).
+            try await stalled.setReading(true)
+            let close = try await stalled.closeFrame(timeout: .seconds(30))
+            #expect(close == nil || close?.closeCode == 4008)
+            #expect(stalled.isClosed)
+            await reader.close()
+            await stalled.close()
         }
     }
 }
