@@ -243,29 +243,44 @@ struct SharedSnapshotTests {
         try await TestServer.with(configure: {
             $0.server.snapshotShareWindowMilliseconds = 1_000
             $0.server.snapshotShareStallMilliseconds = 1_000
+            $0.server.heartbeatMilliseconds = 120_000  // the stall rule, not the ping timeout, must act
         }) { server in
-            // ~24 MB of rows: more than the loopback socket buffers of a client that does not read.
+            // ~8 MB of rows: more than the server's socket send buffer (4 MiB at most here) plus a
+            // 4 KiB receive buffer of a client that does not read.
+            let rows = 4_000
             try await server.database.execute("""
                 INSERT INTO transactions (account_id, amount, memo)
-                SELECT 'alice-checking', g, repeat('x', 2000) FROM generate_series(1, 12000) AS g
+                SELECT 'alice-checking', g, repeat('x', 2000) FROM generate_series(1, \(rows)) AS g
                 """)
-            let expected = try await Self.keys(server, account: "alice-checking")
-            let reader = try await TestClient.open(server)
-            let stalled = try await RawWebSocket.connect(port: server.port)
-            try await stalled.sendText(TestClient.encode(["type": "hello", "client_id": "stalled-1", "token": TestClient.unsignedToken("alice")]))
-            #expect(try await stalled.next()?.text.contains("welcome") == true)
+            let expected = rows + 1
+            // Both raw: no JSON decoding of megabytes on the test's threads (other suites share them).
+            let reader = try await RawWebSocket.connect(port: server.port)
+            let stalled = try await RawWebSocket.connect(port: server.port, receiveBuffer: 4096)
+            for (n, client) in [reader, stalled].enumerated() {
+                try await client.sendText(TestClient.encode(["type": "hello", "client_id": "raw-\(n)", "token": TestClient.unsignedToken("alice")]))
+                #expect(try await client.next()?.text.contains("welcome") == true)
+            }
             try await stalled.setReading(false)
             try await stalled.sendText(Self.subscribe("alice-checking"))
-            reader.send(Self.subscribe("alice-checking"))
+            try await reader.sendText(Self.subscribe("alice-checking"))
             // Without the stall limit the reader would wait for the stalled one forever.
-            var feed = FeedCollector(sub: "t")
-            try await feed.collect(from: reader, timeout: .seconds(90)) { $0.snapshotDone && $0.liveMarkers == 1 }
-            #expect(Set(feed.rows.keys) == expected)
+            var received = 0
+            var done = false
+            let deadline = ContinuousClock.now + .seconds(90)
+            while !done, ContinuousClock.now < deadline {
+                guard let frame = try await reader.next(timeout: .seconds(60)) else { break }
+                let text = frame.text
+                guard text.hasPrefix(#"{"type":"snapshot""#) else { continue }
+                received += text.components(separatedBy: #""alice-checking""#).count - 1  // once per row (its account_id)
+                done = text.contains(#""done":true"#)
+            }
+            #expect(done)
+            #expect(received == expected)
             #expect(server.app.snapshotReads == SnapshotReadStats(reads: 1, sharers: 2))
-            // The stalled one was closed (4008, if its close frame got through before the socket).
+            // The stalled one was closed: 4008 (if its close frame got through before the socket).
             try await stalled.setReading(true)
             let close = try await stalled.closeFrame(timeout: .seconds(30))
-            #expect(close == nil || close?.closeCode == 4008)
+            #expect(close == nil || close?.closeCode == 4008, "closed with \(close?.closeCode.map(String.init) ?? "nothing")")
             #expect(stalled.isClosed)
             await reader.close()
             await stalled.close()
