@@ -18,6 +18,8 @@ final class InMemoryFeed: FeedReading {
         var forbidden: Set<FeedKey> = []
         /// The change log, for catch-up pages.
         var log: [ChangeRecord] = []
+        /// Catch-up pages read so far.
+        var pagesRead = 0
         var hold: SnapshotHold?
     }
 
@@ -75,6 +77,7 @@ final class InMemoryFeed: FeedReading {
 
     func changeLogPage(after: Int64, through: Int64, limit: Int, scope: ChangeLogReader.Scope) async throws -> ChangeLogReader.Page {
         state.withLockedValue { s in
+            s.pagesRead += 1
             let records = s.log.filter { record in
                 guard record.position > after, record.position <= through else { return false }
                 switch scope {

@@ -54,7 +54,7 @@ import Testing
             try await h.send(#"{"type":"hello","client_id":"device-1","token":"\#(forged)"}"#)
             let close = try await h.closeFrame()
             #expect(close.code == 4001)
-            #expect(close.reason == "token signature or claims invalid")
+            #expect(close.reason.contains("signature"), "the reason says why: \(close.reason)")
             #expect(h.clients.clients.withLockedValue { $0.isEmpty }, "a refused hello registers nothing")
         }
     }
@@ -189,6 +189,26 @@ import Testing
             #expect(marker["live"] == .bool(true))
             #expect(marker["cursor"]?.stringValue == H.cursor(7))
             #expect(changeIDs(marker) == [H.id(30), H.id(31)])
+            try await h.expectNothingMore()
+        }
+    }
+
+    @Test func resumeFromACursorOlderThanTheRingReadsTheLogThenTheRing() async throws {
+        // The ring keeps the last two records; log pages hold two records.
+        try await H.with(configure: { $0.ringCapacity = 2; $0.catchUpPageRecords = 2 }) { h in
+            try await h.open()
+            for n in 80..<85 { await h.commit(n) }
+            try await h.send(#"{"type":"subscribe","id":"tx","collection":"transactions","where":{"account_id":"alice-checking"},"after":"\#(H.cursor(5))"}"#)
+            #expect(try await h.next("subscribed")["mode"]?.stringValue == "resume")
+            var messages: [JSONValue] = []
+            while messages.last?["live"] != .bool(true) { messages.append(try await h.next("changes")) }
+            #expect(messages.flatMap(changeIDs) == (80..<85).map(H.id))
+            #expect(messages.last?["cursor"]?.stringValue == H.cursor(10))
+            #expect(messages.dropLast().allSatisfy { $0["live"] == nil })
+            // Positions 6 and 7 are older than the ring: read from the log, in two pages.
+            #expect(h.feed.state.withLockedValue { $0.pagesRead } == 2)
+            await h.commit(85)
+            #expect(changeIDs(try await h.next("changes")) == [H.id(85)])
             try await h.expectNothingMore()
         }
     }
