@@ -14,7 +14,8 @@ import Testing
 /// (`SyncConnectionTests.addServerHandlers`), with the real `Hub` on the channel's loop, a real
 /// HS256 `Authenticator`, and the in-memory feed, client registry and mutation submitter. The
 /// test plays the client: it writes masked frames as bytes and parses the bytes the server wrote.
-/// Time on the loop is virtual: close timers and token expiry run only when the test advances it.
+/// Time on the loop is virtual: close timers and token expiry run only when the test advances it
+/// (the message rate limit and the heartbeat's silence check read the real clock).
 final class ConnectionHarness: Sendable {
     static let secret = "unit-test-secret-0123456789abcdef-0123"
     static let epoch = "0123456789abcdef"
