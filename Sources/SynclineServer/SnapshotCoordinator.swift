@@ -41,7 +41,7 @@ public struct SnapshotReadStats: Sendable, Hashable {
 /// holds the others up at most that long per chunk.
 final class SnapshotCoordinator: Sendable {
     private let batcher: NIOLockedValueBox<SnapshotBatcher<SnapshotSharer>>
-    private let reader: FeedReader
+    private let reader: any FeedReading
     private let epoch: String
     private let window: TimeAmount
     private let stall: TimeAmount
@@ -55,7 +55,7 @@ final class SnapshotCoordinator: Sendable {
 
     var stats: SnapshotReadStats { counts.withLockedValue { $0 } }
 
-    init(reader: FeedReader, epoch: String, configuration: ServerConfiguration, logger: Logger) {
+    init(reader: any FeedReading, epoch: String, configuration: ServerConfiguration, logger: Logger) {
         self.reader = reader
         self.epoch = epoch
         let window = max(0, configuration.snapshotShareWindowMilliseconds)
