@@ -23,7 +23,19 @@ struct LaneReconnectTests {
                 client.send(MutationTests.transfer(1, amount: "0.01"))
                 #expect(try await MutationTests.answer(client)["type"] == .string("ack"))
             }
-            #expect(try Self.terminateLanes(server) >= 1)
+            let killed = try Self.terminateLanes(server)
+            #expect(killed >= 1)
+            // Measured, not asserted: how long until the lanes hold new backends again.
+            let killedAt = ContinuousClock.now
+            var back = false
+            while !back, ContinuousClock.now - killedAt < .seconds(5) {
+                back = try server.database.value("""
+                    SELECT count(*) FROM pg_stat_activity
+                    WHERE application_name = 'syncline-mutations' AND datname = current_database() AND state = 'idle'
+                    """) == String(killed)
+                if !back { try await Task.sleep(for: .milliseconds(5)) }
+            }
+            print("lane-reconnect: \(killed) lanes back \(back ? "after" : "NOT within") \((ContinuousClock.now - killedAt).components.attoseconds / 1_000_000_000_000_000 + (ContinuousClock.now - killedAt).components.seconds * 1000) ms")
             try await Task.sleep(for: .seconds(2))
             for client in clients {
                 for mid in Int64(2)...11 { client.send(MutationTests.transfer(mid, amount: "0.01")) }
