@@ -38,17 +38,19 @@ extension MutationExecutor {
     func runLane(_ lane: Lane) async {
         var backoff = configuration.minimumBackoff
         var attempt = 0
-        // When the previous connection was lost while serving: the first attempt comes at once and
-        // keeps the queue, since a terminated backend usually means a database that is still there.
+        // After a lost connection the first attempt comes at once and keeps the queue, since a
+        // terminated backend usually means a database that is still there; `lostAt` times it.
         var lostAt: ContinuousClock.Instant?
+        var connectedAt = ContinuousClock.now
+        var lastLossWasShortLived = false
         while !isStopped(lane) {
             attempt += 1
             do {
                 let connection = try await PostgresConnection.connect(
                     configuration: connectionConfiguration, id: lane.index * 1_000_000 + attempt, logger: logger)
+                connectedAt = .now
                 do {
                     try await setTimeout(configuration.batchTimeout, on: connection)
-                    backoff = configuration.minimumBackoff
                     lane.state.withLockedValue { s in
                         s.refusing = false
                         s.connectionLost = false
@@ -79,11 +81,24 @@ extension MutationExecutor {
                     // Wait for the close: a connection released while its channel is still open
                     // trips PostgresNIO's assertion.
                     try? await connection.close()
-                    lostAt = .now
                     guard !isStopped(lane) else { return }
-                    logger.warning("mutation lane lost its connection; reconnecting at once", metadata: [
+                    // Two connections in a row lost within a second of being made (a database that
+                    // accepts and then drops every backend) back off like a failed connect, so the
+                    // lane never spins; an isolated loss reconnects at once.
+                    let shortLived = ContinuousClock.now - connectedAt < .seconds(1)
+                    let flapping = shortLived && lastLossWasShortLived
+                    lastLossWasShortLived = shortLived
+                    if lostAt == nil { lostAt = .now }
+                    logger.warning("mutation lane lost its connection; reconnecting", metadata: [
                         "lane": "\(lane.index)", "error": "\(String(reflecting: error))",
+                        "backoff_ms": "\(flapping ? backoff.nanosecondsClamped / 1_000_000 : 0)",
                     ])
+                    if flapping {
+                        try? await Task.sleep(for: backoff)
+                        backoff = min(backoff * 2, configuration.maximumBackoff)
+                    } else {
+                        backoff = configuration.minimumBackoff
+                    }
                     continue
                 }
                 try? await connection.close()
