@@ -254,6 +254,12 @@ def write(runs, machine, out, plots_dir, args):
     add_goals(runs, add)
     add("")
 
+    baseline = load(args.baseline_files)[0] if args.baseline_files else None
+    add("## Goals (issue 13: the fan-out core; reported, not asserted)")
+    add("")
+    add_issue13_goals(runs, baseline, args.baseline_note, add)
+    add("")
+
     images = plot(runs, scen, fan_servers, plots_dir, os.path.dirname(os.path.abspath(out)))
     if images:
         add("## Plots")
@@ -318,6 +324,57 @@ def add_goals(runs, add):
         add(f"- **Resume storm, {name}**: {len(rs)} runs, {gaps} gaps and {dups} duplicates in total, every client caught up: "
             f"{'yes' if all(o.get('complete') for o in rs) else 'no'} (goal gap-free: {'met' if ok else 'missed'}); "
             f"all live after {ms(med(rs, 'live_s'))} s, all caught up after {ms(med(rs, 'caught_up_s'))} s (medians).")
+
+
+def issue13_rows(runs):
+    """(goal, Syncline figure, Go figure, ratio, target, met) for issue 13's reported goals."""
+    def fig(kind, server, name, *keys):
+        rs = runs.get((kind, server, name))
+        return med(rs, *keys) if rs else None
+
+    rows = []
+    for name, label in (("fanout-100x1000", "100 subscribers flat out"), ("fanout-1000-r50", "1,000 subscribers at 50 commits/s"),
+                        ("feeds-10000x50000", "10,000 subscribers on their own feeds")):
+        kind = "feeds" if name.startswith("feeds-") else "fanout"
+        s, g = fig(kind, "syncline", name, "deliveries_per_server_cpu_s"), fig(kind, "go", name, "deliveries_per_server_cpu_s")
+        rows.append((f"{label} ({name}): deliveries / server CPU-s", big(s), big(g),
+                     s / g if s and g else None, "≥ 2× Go", (s / g >= 2) if s and g else None))
+    s, g = fig("fanout", "syncline", "fanout-1000-r50", "latency_ms", "p99"), fig("fanout", "go", "fanout-1000-r50", "latency_ms", "p99")
+    rows.append(("fanout-1000-r50: p99 ms", ms(s), ms(g), s / g if s and g else None, "≤ 0.5× Go",
+                 (s / g <= 0.5) if s and g else None))
+    fl = floor_for(50, runs)
+    f = med(fl, "latency_ms", "p99") if fl else None
+    rows.append(("fanout-1000-r50: p99 ms above the NOTIFY floor's", f"{s - f:+.2f}" if s is not None and f is not None else "–",
+                 f"floor {ms(f)}", None, "≤ +10 ms", (s - f <= 10) if s is not None and f is not None else None))
+    for name, target in (("subscribe-10000-one-feed", 1.5), ("subscribe-10000-own-feeds", 3)):
+        s, g = fig("subscribe", "syncline", name, "setup_s"), fig("subscribe", "go", name, "setup_s")
+        rows.append((f"{name}: s until all have their snapshot (Go: all open)", ms(s), ms(g),
+                     s / g if s and g else None, f"≤ {target}× Go", (s / g <= target) if s and g else None))
+    return rows
+
+
+def add_issue13_goals(runs, baseline, note, add):
+    """Issue 13's goals, this run beside the baseline run (the code before issue 13), each with its ratio to
+    the Go bridge measured in the same run: absolute figures move with the machine's load, ratios less so."""
+    now = issue13_rows(runs)
+    before = issue13_rows(baseline) if baseline else None
+    if before:
+        add("Baseline: " + (note or "an earlier full run") + ". Each ratio compares Syncline with the Go bridge "
+            "of the same run.")
+        add("")
+        add("| goal | target | baseline Syncline | baseline Go | baseline ratio | Syncline | Go | ratio | met |")
+        add("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    else:
+        add("| goal | target | Syncline | Go | ratio | met |")
+        add("|---|---|---:|---:|---:|---|")
+    ratio = lambda r: "–" if r is None else f"{r:.2f}×"
+    verdict = lambda m: "–" if m is None else ("met" if m else "**missed**")
+    for i, (goal, s, g, r, target, met) in enumerate(now):
+        if before:
+            _, bs, bg, br, _, _ = before[i]
+            add(f"| {goal} | {target} | {bs} | {bg} | {ratio(br)} | {s} | {g} | {ratio(r)} | {verdict(met)} |")
+        else:
+            add(f"| {goal} | {target} | {s} | {g} | {ratio(r)} | {verdict(met)} |")
 
 
 def plot(runs, scen, servers, plots_dir, out_dir):
@@ -397,6 +454,9 @@ def main():
     ap.add_argument("--wall-seconds", type=float, default=None, help="how long bench/run took, to state it")
     ap.add_argument("--wall-note", default="", help="what the wall time includes, appended to it")
     ap.add_argument("--runs", type=int, default=None, help="(informational) runs per scenario")
+    ap.add_argument("--baseline", dest="baseline_files", action="append", default=[],
+                    help="a result file of the baseline run (repeatable), shown beside this run in issue 13's goals")
+    ap.add_argument("--baseline-note", default="", help="what the baseline run was (commit, date)")
     ap.add_argument("files", nargs="+")
     args = ap.parse_args()
     runs, machine = load(args.files)

@@ -1,0 +1,95 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOWebSocket
+import SynclineCore
+import SynclinePostgres
+import SynclineProtocol
+
+/// Everything the connection writes: feed deliveries (prefix + shared body), its own messages,
+/// and the flush once per batch.
+extension SyncConnection {
+    /// Writes a feed body for one subscriber (its prefix plus the shared bytes). The connection is
+    /// flushed by the fan-out at the end of the batch. A connection whose outbound queue is over
+    /// its limit is closed with 4008: the client resumes from its cursor.
+    /// With `live`, the `changes` message is the feed's live marker (`goLive`).
+    func send(_ body: FeedBody, to subscriber: Subscriber, through: Int64, promise: EventLoopPromise<Void>? = nil,
+              live: Bool = false) {
+        guard !closing else {
+            promise?.fail(Abandoned())
+            return
+        }
+        guard context.channel.isWritable else {
+            promise?.fail(Abandoned())
+            return close(.tooSlow, reason: "outbound queue full; resume from your cursor")
+        }
+        // Called once per subscriber and batch: no per-call allocation (no array of frames).
+        if body.changes != nil {
+            subscriber.lastSent = .now()
+            subscriber.lastSentPosition = through
+        }
+        let last = body.messages.count - (body.changes == nil ? 1 : 0)
+        guard last >= 0 else {
+            promise?.succeed()
+            return
+        }
+        for (i, message) in body.messages.enumerated() {
+            write(prefix: subscriber.messagePrefix, body: message.body, promise: i == last ? promise : nil)
+        }
+        if let changes = body.changes {
+            write(prefix: live ? subscriber.liveChangesPrefix : subscriber.changesPrefix, body: changes, promise: promise)
+        }
+    }
+
+    func write(prefix: ByteBuffer, body: ByteBuffer, promise: EventLoopPromise<Void>? = nil) {
+        // The frame's payload is prefix + body; the encoder writes them as separate buffers, so the
+        // shared body is never copied per subscriber.
+        let frame = WebSocketFrame(fin: true, opcode: .text, data: body, extensionData: prefix)
+        context.write(wrapOutboundOut(frame), promise: promise)
+        needsFlush = true
+        if !queuedForFlush {
+            queuedForFlush = true
+            fanout.needsFlush(self)
+        }
+    }
+
+    func sendText(_ text: String) {
+        guard !closing, let context else { return }
+        let frame = WebSocketFrame(fin: true, opcode: .text, data: context.channel.allocator.buffer(string: text))
+        context.write(wrapOutboundOut(frame), promise: nil)
+        needsFlush = true
+    }
+
+    /// Writes a subscriber's own message (`subscribed`, a snapshot chunk) unless it has ended
+    /// meanwhile: after `unsubscribed`, nothing more is sent for it.
+    func writeTextAndFlush(_ text: String, for subscriber: Subscriber, run: UInt32) -> EventLoopFuture<Void> {
+        guard !closing, let context, subscribers[subscriber.id] === subscriber,
+              subscriber.machine.state == .snapshotting, subscriber.machine.run == run else {
+            return eventLoop.makeFailedFuture(Abandoned())
+        }
+        let frame = WebSocketFrame(fin: true, opcode: .text, data: context.channel.allocator.buffer(string: text))
+        needsFlush = false
+        return context.writeAndFlush(wrapOutboundOut(frame))
+    }
+
+    /// Called by the fan-out at the end of a batch.
+    func fanoutFlush() {
+        queuedForFlush = false
+        flushIfNeeded()
+    }
+
+    func flushIfNeeded() {
+        guard needsFlush, let context else { return }
+        needsFlush = false
+        context.flush()
+    }
+}
+
+extension NIOLoopBound where Value == SyncConnection {
+    /// Writes one text frame from a background task and waits until it is flushed to the socket,
+    /// so snapshots are paced by the client's reading speed.
+    func writeAndFlush(_ text: String, for subscriber: NIOLoopBound<Subscriber>, run: UInt32, on loop: any EventLoop) async throws {
+        let bound = self
+        try await loop.flatSubmit { bound.value.writeTextAndFlush(text, for: subscriber.value, run: run) }.get()
+    }
+}

@@ -1,0 +1,253 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOWebSocket
+import SynclineCore
+import SynclinePostgres
+import SynclineProtocol
+
+/// `subscribe` and `unsubscribe`: resolving a request to a feed, running snapshots, and carrying
+/// out what each subscription's state machine decides.
+extension SyncConnection {
+    func startSubscription(_ request: ClientMessage.Subscribe) {
+        guard let identity else { return }
+        attempts += 1
+        let attempt = attempts
+        resolving[request.id] = attempt
+        let environment = self.environment
+        let bound = self.bound
+        let loop = context.eventLoop
+        Task {
+            let outcome: Result<Resolution, any Error>
+            do {
+                outcome = .success(try await SyncConnection.resolve(request, claims: identity.claims, environment: environment))
+            } catch {
+                outcome = .failure(error)
+            }
+            loop.execute {
+                let connection = bound.value
+                switch outcome {
+                case .success(let resolution):
+                    connection.subscriptionResolved(request, attempt: attempt, resolution: resolution)
+                case .failure(let error):
+                    let (code, message, retry) = SyncConnection.describe(error, logger: environment.logger)
+                    connection.subscriptionFailed(request.id, attempt: attempt, code: code, message: message, retryAfterMS: retry)
+                }
+                connection.flushIfNeeded()
+            }
+        }
+    }
+
+    struct Resolution: Sendable {
+        var key: FeedKey
+        var mode: ServerMessage.SubscribeMode
+        var resumeAfter: Int64?
+    }
+
+    /// Turns a `subscribe` into a feed key and a start: snapshot, resume from `after`, or reset.
+    static func resolve(_ request: ClientMessage.Subscribe, claims: String, environment: SyncEnvironment) async throws -> Resolution {
+        let key: FeedKey
+        switch request.target {
+        case .collection(let name, let filter):
+            key = try await environment.reader.feedKey(collection: name, filter: filter)
+        case .topic(let topic):
+            key = .topic(topic)
+        }
+        guard let after = request.after else { return Resolution(key: key, mode: .snapshot) }
+        guard let cursor = Cursor(parsing: after) else {
+            throw ClientFacingError(.badRequest, "'after' is not a cursor this server issued")
+        }
+        guard cursor.epoch == environment.hub.epoch else {
+            // Another database's history (e.g. restored from a backup): start over.
+            return Resolution(key: key, mode: .reset)
+        }
+        let (head, pruned) = try await environment.reader.head()
+        if cursor.position > head {
+            throw ClientFacingError(.badRequest, "'after' is newer than the newest position")
+        }
+        if cursor.position < pruned {
+            return Resolution(key: key, mode: .reset)
+        }
+        guard try await environment.reader.authorize(key, claims: claims) else {
+            throw ClientFacingError(.forbidden, "not allowed to read this feed")
+        }
+        return Resolution(key: key, mode: .resume, resumeAfter: cursor.position)
+    }
+
+
+    func subscriptionResolved(_ request: ClientMessage.Subscribe, attempt: UInt64, resolution: Resolution) {
+        guard !closing, resolving[request.id] == attempt else { return }
+        resolving[request.id] = nil
+        let key = resolution.key, mode = resolution.mode, resumeAfter = resolution.resumeAfter
+        let (feedID, generation) = environment.hub.retain(key)
+        let subscriber = Subscriber(id: request.id, key: key, feedID: feedID, generation: generation, connection: self)
+        subscribers[request.id] = subscriber
+        let start: SubscriptionStateMachine.Start = resumeAfter.map { .resume(after: $0) } ?? .snapshot(reset: mode == .reset)
+        carryOut(subscriber.machine.resolved(start, loop: fanout.position), for: subscriber)
+    }
+
+    func subscriptionFailed(_ id: String, attempt: UInt64, code: ErrorCode, message: String, retryAfterMS: Int?) {
+        guard !closing, resolving[id] == attempt else { return }
+        resolving[id] = nil
+        session.subscriptionEnded(id: id)
+        sendText(ServerMessage.error(code: code, message: message, ref: .string(id), retryAfterMS: retryAfterMS))
+        flushIfNeeded()
+    }
+
+    /// Streams a snapshot for the machine's run `run`, then reports `snapshotDone`.
+    func runSnapshot(_ subscriber: Subscriber, mode: ServerMessage.SubscribeMode, run: UInt32) {
+        guard let identity else { return }
+        let environment = self.environment
+        let bound = self.bound
+        let loop = context.eventLoop
+        let id = subscriber.id
+        let key = subscriber.key
+        let epoch = environment.hub.epoch
+        subscriber.task?.cancel()
+        let boundSubscriber = NIOLoopBound(subscriber, eventLoop: loop)
+        subscriber.task = Task {
+            do {
+                let position = try await environment.reader.snapshot(
+                    key, claims: identity.claims,
+                    chunkRows: environment.configuration.snapshotChunkRows,
+                    chunkBytes: environment.configuration.snapshotChunkBytes,
+                    onStart: { position in
+                        try await bound.writeAndFlush(ServerMessage.subscribed(id: id, mode: mode, cursor: Cursor(epoch: epoch, position: position)),
+                                                      for: boundSubscriber, run: run, on: loop)
+                    },
+                    onChunk: { rows, done, position in
+                        try await bound.writeAndFlush(ServerMessage.snapshot(sub: id, rows: rows, done: done, cursor: Cursor(epoch: epoch, position: position)),
+                                                      for: boundSubscriber, run: run, on: loop)
+                    })
+                try Task.checkCancellation()
+                loop.execute {
+                    let connection = bound.value
+                    let subscriber = boundSubscriber.value
+                    guard connection.owns(subscriber) else { return }
+                    connection.carryOut(subscriber.machine.snapshotDone(run: run, position: position, loop: connection.fanout.position),
+                                        for: subscriber)
+                    connection.flushIfNeeded()  // the live marker, when the feed went live at once
+                }
+            } catch {
+                if Task.isCancelled || error is Abandoned { return }
+                let (code, message, retry) = SyncConnection.describe(error, logger: environment.logger)
+                loop.execute {
+                    let connection = bound.value
+                    let subscriber = boundSubscriber.value
+                    guard connection.owns(subscriber), subscriber.machine.run == run else { return }
+                    connection.endSubscription(subscriber, code: code, message: message, retryAfterMS: retry)
+                }
+            }
+        }
+    }
+
+    /// Carries out what a subscription's machine decided. `body` is what the event brought for
+    /// this subscriber (a catch-up page or the ring pass's encoding), written by `send` and
+    /// `goLive`; `promise` completes when a `send` reached the socket.
+    func carryOut(_ actions: [SubscriptionStateMachine.Action], for subscriber: Subscriber, body: FeedBody = FeedBody(),
+                  promise: EventLoopPromise<Void>? = nil) {
+        var promise = promise
+        defer { promise?.succeed() }
+        for action in actions {
+            switch action {
+            case .startSnapshot(let run, let reset):
+                runSnapshot(subscriber, mode: reset ? .reset : .snapshot, run: run)
+            case .sendResumed(let cursor):
+                sendText(ServerMessage.subscribed(id: subscriber.id, mode: .resume, cursor: Cursor(epoch: environment.hub.epoch, position: cursor)))
+            case .requestRingCatchUp:
+                guard !closing else { return }
+                fanout.requestCatchUp(subscriber, environment: environment)
+            case .readLogPage:
+                guard !closing else { return }
+                fanout.logCatchUp.add(subscriber, environment: environment)
+            case .send(let through):
+                send(body, to: subscriber, through: through, promise: promise)
+                promise = nil
+            case .goLive(let through, let young):
+                goLive(subscriber, body: body, through: through, young: young)
+            case .restart(let reason, let run):
+                guard !closing else { return }
+                logger.info("restarting feed", metadata: ["sub": "\(subscriber.id)", "reason": "\(reason.message)"])
+                fanout.remove(subscriber)
+                runSnapshot(subscriber, mode: .reset, run: run)
+            case .end(let reason):
+                drop(subscriber)
+                // A snapshot the claims may not read: the subscription ends with `forbidden`.
+                if reason == .revoked, subscribers[subscriber.id] === subscriber {
+                    subscribers[subscriber.id] = nil
+                    session.subscriptionEnded(id: subscriber.id)
+                    sendText(ServerMessage.error(code: .forbidden, message: "not allowed to read this feed", ref: .string(subscriber.id), retryAfterMS: nil))
+                    flushIfNeeded()
+                }
+            }
+        }
+    }
+
+    /// The feed has caught up: its last catch-up `body` goes out as the feed's one `changes` with
+    /// `"live": true` (protocol §3.4; an empty one at `through` when the body has no changes), and
+    /// the fan-out takes the feed over. The marker is written here, once per start of a feed, so
+    /// the fan-out's hot path never looks at it; being written after every catch-up message and
+    /// before any `ack` this releases, it cannot overtake either.
+    func goLive(_ subscriber: Subscriber, body: FeedBody, through: Int64, young: Bool) {
+        var body = body
+        if body.changes == nil {
+            body.changes = fanout.encoder.advanceBody(through: through)
+        }
+        send(body, to: subscriber, through: through, live: true)
+        guard !closing else { return }  // the send found the outbound queue full
+        fanout.activate(subscriber, young: young)
+        if awaitingDelivery { releaseOutcomes() }
+    }
+
+    /// Subscribes to `key` as `id` and goes live at the loop's head at once, with no snapshot or
+    /// catch-up: only for the in-process cost harness (`FanoutCostHarness`), which has no database.
+    func attachLiveForHarness(id: String, key: FeedKey) {
+        let (feedID, generation) = environment.hub.retain(key)
+        let subscriber = Subscriber(id: id, key: key, feedID: feedID, generation: generation, connection: self)
+        subscribers[id] = subscriber
+        let position = fanout.position
+        _ = subscriber.machine.resolved(.resume(after: position.head), loop: position)
+        // Its feed is newer than the loop's last batch: young for one batch, then live.
+        fanout.activate(subscriber, young: subscriber.machine.state != .live)
+    }
+
+    /// Whether `subscriber` is still this connection's (not unsubscribed, replaced or closed).
+    func owns(_ subscriber: Subscriber) -> Bool {
+        !closing && subscribers[subscriber.id] === subscriber
+    }
+
+    /// The log scan could not read the change log: the subscription ends with the error (the
+    /// client may subscribe again from its cursor).
+    func catchUpFailed(_ subscriber: Subscriber, error: any Error) {
+        guard owns(subscriber) else { return }
+        let (code, message, retry) = SyncConnection.describe(error, logger: environment.logger)
+        endSubscription(subscriber, code: code, message: message, retryAfterMS: retry)
+    }
+
+    func unsubscribe(_ id: String) {
+        resolving[id] = nil
+        if let subscriber = subscribers.removeValue(forKey: id) {
+            carryOut(subscriber.machine.unsubscribe(), for: subscriber)
+        }
+        sendText(ServerMessage.unsubscribed(id: id))
+    }
+
+    /// Ends a subscription from the server side with an `error` (`ref` = its id).
+    func endSubscription(_ subscriber: Subscriber, code: ErrorCode, message: String, retryAfterMS: Int? = nil) {
+        guard subscribers[subscriber.id] === subscriber else { return }
+        subscribers[subscriber.id] = nil
+        carryOut(subscriber.machine.failed(), for: subscriber)
+        session.subscriptionEnded(id: subscriber.id)
+        sendText(ServerMessage.error(code: code, message: message, ref: .string(subscriber.id), retryAfterMS: retryAfterMS))
+        flushIfNeeded()
+    }
+
+    /// The machine's `end`: out of the fan-out, work cancelled, the feed released.
+    func drop(_ subscriber: Subscriber) {
+        fanout.remove(subscriber)
+        subscriber.task?.cancel()
+        subscriber.task = nil
+        environment.hub.release(subscriber.feedID)
+        if awaitingDelivery { releaseOutcomes() }
+    }
+}
