@@ -61,12 +61,9 @@ public enum FanoutCostHarness {
         for n in 0..<options.subscribers {
             let channel = EmbeddedChannel(loop: loop)
             channel.isWritable = true
-            let sync = SyncConnection(environment: environment, headerIdentity: nil)
-            try channel.pipeline.syncOperations.addHandlers([
-                WebSocketFrameEncoder(),
-                WebSocketProtocolHandler(options: .init(configuration), deflate: nil),
-                sync,
-            ])
+            let webSocket = WebSocketProtocolHandler(options: .init(configuration), deflate: nil)
+            let sync = SyncConnection(environment: environment, headerIdentity: nil, webSocket: webSocket)
+            try channel.pipeline.syncOperations.addHandlers([webSocket, sync])
             try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
             sync.attachLiveForHarness(id: "s\(n)", key: key(n % feeds))
             channels.append(channel)
