@@ -143,7 +143,7 @@ extension WebSocketProtocolHandler {
             sendClose(frame.data, thenCloseTCP: false)
             promise?.succeed()
         case .text where frame.fin && !frame.rsv1, .binary where frame.fin && !frame.rsv1:
-            if let prefix = frame.extensionData {
+            if let prefix = frame.extensionData, frame.opcode == .text {
                 sendText(prefix: prefix, body: frame.data, promise: promise)
             } else {
                 sendMessage(frame.data, opcode: frame.opcode, promise: promise)
