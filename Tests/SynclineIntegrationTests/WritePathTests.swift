@@ -243,9 +243,11 @@ struct WritePathTests {
             let close = try #require(try await second.next())
             #expect(close.opcode == 0x8)
             #expect(close.closeCode == 1003)
-            try await second.sendText(ChangeFeedTests.subscribeChecking)
-            try await second.send(opcode: 0x9, payload: [7])
-            try await second.send(opcode: 0x8, payload: [0x03, 0xEB])
+            // (On a loaded machine the server's 3 s close timer may end TCP first: then these fail
+            // to send, and what is checked below still holds.)
+            try? await second.sendText(ChangeFeedTests.subscribeChecking)
+            try? await second.send(opcode: 0x9, payload: [7])
+            try? await second.send(opcode: 0x8, payload: [0x03, 0xEB])
             #expect(try await second.next(timeout: .seconds(5)) == nil, "nothing after the server's close")
             #expect(second.isClosed)
 
