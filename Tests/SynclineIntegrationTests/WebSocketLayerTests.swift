@@ -238,6 +238,57 @@ struct WebSocketLayerTests {
         #expect(!channel.isActive)
     }
 
+    @Test("output: small frames coalesce into one write per flush, a big body goes by reference, in send order; nothing after the close")
+    func coalescedOutput() throws {
+        let channel = try channel()
+        let handler = try channel.pipeline.syncOperations.handler(type: WebSocketProtocolHandler.self)
+        let prefix = ByteBuffer(string: "{\"type\":\"changes\",\"sub\":\"t\",")
+        let big = ByteBuffer(repeating: 0x61, count: WebSocketProtocolHandler.inlineBodyBytes + 1)
+        handler.sendText(prefix: prefix, body: ByteBuffer(string: "\"n\":1}"))
+        handler.sendText("{\"type\":\"ack\"}")
+        handler.sendPing()
+        #expect(try channel.readOutbound(as: ByteBuffer.self) == nil, "nothing reaches the channel before the flush")
+        handler.flush()
+        var first = try #require(try channel.readOutbound(as: ByteBuffer.self))
+        #expect(try channel.readOutbound(as: ByteBuffer.self) == nil, "one write for three frames")
+        let frames = try ServerFrames.parse(&first)
+        #expect(frames.map(\.opcode) == [.text, .text, .ping])
+        #expect(String(buffer: frames[0].data) == "{\"type\":\"changes\",\"sub\":\"t\",\"n\":1}")
+        // Pending small frame, then header + prefix, then the shared body itself (not a copy).
+        handler.sendText("{\"small\":true}")
+        handler.sendText(prefix: prefix, body: big)
+        handler.flush()
+        var headAndSmall = try #require(try channel.readOutbound(as: ByteBuffer.self))
+        let body = try #require(try channel.readOutbound(as: ByteBuffer.self))
+        #expect(DeflateLoopState.same(body, big))
+        headAndSmall.writeImmutableBuffer(body)
+        let second = try ServerFrames.parse(&headAndSmall)
+        #expect(second.map { String(buffer: $0.data) } == ["{\"small\":true}", String(buffer: prefix) + String(buffer: big)])
+        // The close goes after what was sent before it; nothing sent after it leaves.
+        handler.sendText("{\"before\":true}")
+        handler.close(.tooSlow, reason: "outbound queue full")
+        handler.sendText("{\"after\":true}")
+        handler.sendPing()
+        handler.flush()
+        let last = try sentFrames(channel)
+        #expect(last.map(\.opcode) == [.text, .connectionClose])
+        var close = last[1].data
+        #expect(close.readInteger(as: UInt16.self) == 4008)
+    }
+
+    @Test("writability is kept from channelWritabilityChanged (the 4008 check reads it per send)")
+    func writability() throws {
+        let channel = try channel()
+        let handler = try channel.pipeline.syncOperations.handler(type: WebSocketProtocolHandler.self)
+        #expect(handler.isWritable)
+        channel.isWritable = false
+        channel.pipeline.fireChannelWritabilityChanged()
+        #expect(!handler.isWritable)
+        channel.isWritable = true
+        channel.pipeline.fireChannelWritabilityChanged()
+        #expect(handler.isWritable)
+    }
+
     @Test("compressed messages in and out; a compressed bomb closes with 1009")
     func compressedThroughHandler() throws {
         let channel = try channel(limit: 1 << 20, deflate: PerMessageDeflateParameters())
