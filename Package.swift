@@ -160,6 +160,24 @@ let package = Package(
             dependencies: ["SynclineCore", "SynclineProtocol", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: strict
         ),
+        // SyncConnection without sockets or PostgreSQL: NIOAsyncTestingChannel, the real hub and
+        // authenticator, in-memory feeds, client registry and mutation submitter.
+        .testTarget(
+            name: "SynclineServerTests",
+            dependencies: [
+                "SynclineServer",
+                "SynclineCore",
+                "SynclinePostgres",
+                "SynclineProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "SynclineClientTests",
             dependencies: ["SynclineClient", "SynclineProtocol"],

@@ -36,6 +36,34 @@ public struct Migrator: Sendable {
         }
     }
 
+    /// The migration files not yet applied to the database, read without DDL (a runtime role
+    /// may run this): an empty list means the schema is current.
+    public func pending(_ connection: PostgresConnection, logger: Logger) async throws -> [String] {
+        let files = try files()
+        var recorded = false
+        for try await exists in try await connection.query(
+            "SELECT to_regclass('syncline.schema_migrations') IS NOT NULL", logger: logger).decode(Bool.self) {
+            recorded = exists
+        }
+        guard recorded else { return files }
+        var done = Set<String>()
+        for try await name in try await connection.query("SELECT name FROM syncline.schema_migrations", logger: logger).decode(String.self) {
+            done.insert(name)
+        }
+        return files.filter { !done.contains($0) }
+    }
+
+    /// Throws, saying to run `syncline migrate`, when the schema is behind these files.
+    public func requireCurrent(_ connection: PostgresConnection, logger: Logger) async throws {
+        let missing = try await pending(connection, logger: logger)
+        guard missing.isEmpty else {
+            throw SynclinePostgresError(.notMigrated,
+                "the database schema is behind this server: \(missing.count) migration(s) not applied "
+                + "(\(missing.joined(separator: ", "))). Run `syncline migrate --database-url …` as the schema owner, "
+                + "then start serve again (with --database-url, serve runs no DDL)")
+        }
+    }
+
     private func apply(_ files: [String], on connection: PostgresConnection, logger: Logger) async throws -> [String] {
         try await connection.query("""
             CREATE SCHEMA IF NOT EXISTS syncline;

@@ -98,6 +98,11 @@ final class HTTPRouter: ChannelInboundHandler, RemovableChannelHandler {
         case "/":  // with --demo, the dashboard (an asset)
             respond(context, .ok, json: "{\"server\":\(JSONValue.quoted(SynclineServer.serverName)),\"endpoint\":\"/v1/sync\"}")
         case "/demo/token" where environment.configuration.demo:
+            // Anyone who reaches it is anyone they like: only this machine may ask, and not through
+            // a proxy (behind one on the same host, every peer is loopback).
+            guard Self.isLocalPeer(context.channel.remoteAddress, head.headers) else {
+                return respond(context, .forbidden, json: error("forbidden", "demo tokens are issued to loopback peers only"))
+            }
             let sub = query["sub"] ?? "alice"
             guard (1...64).contains(sub.utf8.count), sub.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-") }) else {
                 return respond(context, .badRequest, json: error("bad_request", "sub must be 1–64 characters of [A-Za-z0-9_-]"))
@@ -178,6 +183,22 @@ final class HTTPRouter: ChannelInboundHandler, RemovableChannelHandler {
         let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
         if close {
             done.whenComplete { [channel = context.channel] _ in channel.close(promise: nil) }
+        }
+    }
+
+    /// A peer on this machine (127.0.0.0/8, ::1, a Unix socket) that did not come through a proxy
+    /// (no `Forwarded`, `X-Forwarded-For` or `X-Real-IP`).
+    static func isLocalPeer(_ address: SocketAddress?, _ headers: HTTPHeaders) -> Bool {
+        for proxyHeader in ["Forwarded", "X-Forwarded-For", "X-Real-IP"] where headers.contains(name: proxyHeader) {
+            return false
+        }
+        switch address {
+        case .v4?: return address?.ipAddress?.hasPrefix("127.") ?? false
+        case .v6?:
+            guard let ip = address?.ipAddress?.lowercased() else { return false }
+            return ip == "::1" || ip.hasPrefix("::ffff:127.")
+        case .unixDomainSocket?: return true
+        case nil: return false
         }
     }
 

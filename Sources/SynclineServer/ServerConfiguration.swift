@@ -9,6 +9,16 @@ public struct ServerConfiguration: Sendable {
     /// HS256 secret; `jwksJSON` adds RS256/ES256 public keys.
     public var jwtSecret: String?
     public var jwksJSON: String?
+    /// The JWKS file: read at start when `jwksJSON` is nil, and again on every SIGHUP (a file that
+    /// does not load keeps the previous keys).
+    public var jwksFilePath: String?
+    /// Clock skew tolerated on `exp`/`nbf`, in seconds; a session also stays open this long past
+    /// its token's `exp`.
+    public var jwtLeewaySeconds: Double = 60
+    /// When set, tokens must name this audience in `aud` (a string or an array).
+    public var jwtAudience: String?
+    /// When set, tokens must carry this `iss`.
+    public var jwtIssuer: String?
     /// Accept unsigned (`alg: none`) tokens. Development only; never implied.
     public var insecureDevAuth = false
     /// Serve the dashboard at `/` (its service worker at `/sw.js`) and mint demo tokens at

@@ -84,7 +84,7 @@ extension SyncConnection {
         expiry?.cancel()
         expiry = nil
         guard let expiresAt = identity.expiresAt else { return }
-        let delay = expiresAt.timeIntervalSinceNow + Authenticator.leeway
+        let delay = expiresAt.timeIntervalSinceNow + environment.authenticator.leeway
         expiry = context.eventLoop.scheduleTask(in: .milliseconds(Int64(max(delay, 0) * 1000))) { [weak self] in
             self?.close(.tokenInvalid, reason: "token expired")
         }

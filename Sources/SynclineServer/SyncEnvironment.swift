@@ -4,12 +4,17 @@ import NIOConcurrencyHelpers
 import SynclinePostgres
 
 /// What every `/v1/sync` connection shares: configuration, the hub, the readers, the authenticator.
+///
+/// The database-backed dependencies are protocols (`FeedReading`, `ClientRegistering`,
+/// `MutationSubmitting`) so that `SyncConnection` runs in unit tests without PostgreSQL; the
+/// server passes `FeedReader`, `ClientRegistry` and `MutationExecutor`. The hub and the
+/// authenticator are the real ones everywhere (neither does I/O).
 final class SyncEnvironment: Sendable {
     let configuration: ServerConfiguration
     let hub: Hub
-    let reader: FeedReader
-    let clients: ClientRegistry
-    let mutations: MutationExecutor
+    let reader: any FeedReading
+    let clients: any ClientRegistering
+    let mutations: any MutationSubmitting
     let authenticator: Authenticator
     let logger: Logger
     let connections = NIOLockedValueBox(0)
@@ -17,8 +22,8 @@ final class SyncEnvironment: Sendable {
     let errorsCounter = Counter(label: "syncline_client_errors_total")
     let closesCounter = Counter(label: "syncline_closes_total")
 
-    init(configuration: ServerConfiguration, hub: Hub, reader: FeedReader, clients: ClientRegistry,
-         mutations: MutationExecutor, authenticator: Authenticator, logger: Logger) {
+    init(configuration: ServerConfiguration, hub: Hub, reader: any FeedReading, clients: any ClientRegistering,
+         mutations: any MutationSubmitting, authenticator: Authenticator, logger: Logger) {
         self.configuration = configuration
         self.hub = hub
         self.reader = reader

@@ -69,11 +69,29 @@ public final class SynclineApplication: Sendable {
             configuration: try settings.connectionConfiguration(applicationName: "syncline-setup"), id: 0, logger: logger)
         let epoch: String
         let head: Int64
+        // The private cluster and the demo set themselves up; a deployer's database (--database-url)
+        // is migrated by `syncline migrate` as its owner, and serve may run as a role without DDL
+        // rights, so it only checks that the schema is current.
+        let managesSchema = options.databaseURL == nil || options.demoSchemaPath != nil
         do {
-            try await Migrator(directory: options.migrationsDirectory).migrate(setup, logger: logger)
+            let migrator = Migrator(directory: options.migrationsDirectory)
+            if managesSchema {
+                try await migrator.migrate(setup, logger: logger)
+            } else {
+                try await migrator.requireCurrent(setup, logger: logger)
+            }
             if let demo = options.demoSchemaPath {
                 try await Migrator.runScript(try String(contentsOfFile: demo, encoding: .utf8), on: setup, logger: logger)
                 logger.info("demo schema loaded", metadata: ["users": "alice, bob"])
+            }
+            let privileges = try await LoginPrivileges.read(setup, logger: logger)
+            for finding in privileges.findings {
+                // Setting itself up takes DDL rights, so the private cluster and the demo need them.
+                if managesSchema {
+                    logger.notice("login privileges: \(finding)")
+                } else {
+                    logger.warning("SECURITY WARNING: \(finding)")
+                }
             }
             var e = ""
             for try await value in try await setup.query("SELECT value FROM syncline.meta WHERE key = 'epoch'", logger: logger).decode(String.self) {
@@ -99,8 +117,12 @@ public final class SynclineApplication: Sendable {
             logger.info("demo mode: signing demo tokens with an ephemeral HS256 secret")
         }
         configuration.jwtSecret = authenticatorSecret
+        if let path = configuration.jwksFilePath, configuration.jwksJSON == nil {
+            configuration.jwksJSON = try String(contentsOfFile: path, encoding: .utf8)
+        }
         let authenticator = try await Authenticator(
-            hmacSecret: authenticatorSecret, jwksJSON: configuration.jwksJSON, allowUnsigned: configuration.insecureDevAuth)
+            hmacSecret: authenticatorSecret, jwksJSON: configuration.jwksJSON, allowUnsigned: configuration.insecureDevAuth,
+            leeway: configuration.jwtLeewaySeconds, audience: configuration.jwtAudience, issuer: configuration.jwtIssuer)
         guard authenticator.acceptsTokens else {
             throw SynclinePostgresError(.clusterSetup,
                 "no way to authenticate: give --jwt-secret or --jwks-file (or --insecure-dev-auth for development)")
@@ -133,6 +155,9 @@ public final class SynclineApplication: Sendable {
             main, snapshots, tail, mutations,
             HeartbeatService(hub: hub, group: group, period: .milliseconds(configuration.heartbeatMilliseconds)), server,
         ]
+        if let path = configuration.jwksFilePath {
+            services.append(JWKSReloader(path: path, authenticator: authenticator, logger: logger))
+        }
         if options.demoSchemaPath != nil && options.demoGenerator {
             services.append(DemoGenerator(client: main, logger: logger))
         }
@@ -236,8 +261,11 @@ struct DemoGenerator: Service {
 extension SynclineApplication {
     /// `syncline migrate`: applies the migrations (to the private cluster when no URL is given,
     /// which is started and stopped for it).
+    ///
+    /// `grantRuntime` names login roles to grant what `serve` needs (`syncline.grant_runtime`,
+    /// docs/security.md), after migrating.
     public static func migrate(databaseURL: String?, developmentDirectory: String, migrationsDirectory: String,
-                               logger: Logger) async throws -> [String] {
+                               grantRuntime: [String] = [], logger: Logger) async throws -> [String] {
         var cluster: DevelopmentCluster?
         let url: String
         if let databaseURL {
@@ -253,6 +281,10 @@ extension SynclineApplication {
             configuration: try settings.connectionConfiguration(applicationName: "syncline-migrate"), id: 0, logger: logger)
         do {
             let applied = try await Migrator(directory: migrationsDirectory).migrate(connection, logger: logger)
+            for role in grantRuntime {
+                try await connection.query("SELECT syncline.grant_runtime(\(role))", logger: logger)
+                logger.info("runtime privileges granted", metadata: ["role": "\(role)"])
+            }
             try await connection.close()
             return applied
         } catch {

@@ -46,7 +46,10 @@ struct DatabaseOptions: ParsableArguments {
 }
 
 struct Serve: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Migrate, then serve /v1/sync and the HTTP routes.")
+    static let configuration = CommandConfiguration(
+        abstract: "Serve /v1/sync and the HTTP routes.",
+        discussion: "With --database-url, serve runs no DDL: run `syncline migrate` first (as the schema owner). "
+            + "The private development cluster and --demo set themselves up.")
 
     @OptionGroup var database: DatabaseOptions
 
@@ -59,8 +62,17 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("jwt-secret"), help: "HS256 secret, at least 32 bytes (env SYNCLINE_JWT_SECRET).")
     var jwtSecret: String? = ProcessInfo.processInfo.environment["SYNCLINE_JWT_SECRET"]
 
-    @Option(name: .customLong("jwks-file"), help: "JWKS file with RS256/ES256 public keys (env SYNCLINE_JWKS_FILE).")
+    @Option(name: .customLong("jwks-file"), help: "JWKS file with RS256/ES256 public keys, re-read on SIGHUP (env SYNCLINE_JWKS_FILE).")
     var jwksFile: String? = ProcessInfo.processInfo.environment["SYNCLINE_JWKS_FILE"]
+
+    @Option(name: .customLong("jwt-leeway-seconds"), help: "Clock skew tolerated on a token's exp and nbf (0–3600).")
+    var jwtLeewaySeconds: Double = 60
+
+    @Option(name: .customLong("jwt-audience"), help: "Refuse tokens whose aud does not include this (env SYNCLINE_JWT_AUDIENCE).")
+    var jwtAudience: String?
+
+    @Option(name: .customLong("jwt-issuer"), help: "Refuse tokens whose iss is not this (env SYNCLINE_JWT_ISSUER).")
+    var jwtIssuer: String?
 
     @Flag(name: .customLong("insecure-dev-auth"), help: "Accept unsigned development tokens. Never in production.")
     var insecureDevAuth = false
@@ -154,9 +166,11 @@ struct Serve: AsyncParsableCommand {
         server.host = host
         server.port = port
         server.jwtSecret = jwtSecret
-        if let jwksFile {
-            server.jwksJSON = try String(contentsOfFile: jwksFile, encoding: .utf8)
-        }
+        server.jwksFilePath = jwksFile  // read at start and on SIGHUP
+        guard (0...3600).contains(jwtLeewaySeconds) else { throw ValidationError("--jwt-leeway-seconds must be 0–3600") }
+        server.jwtLeewaySeconds = jwtLeewaySeconds
+        server.jwtAudience = jwtAudience ?? ProcessInfo.processInfo.environment["SYNCLINE_JWT_AUDIENCE"]
+        server.jwtIssuer = jwtIssuer ?? ProcessInfo.processInfo.environment["SYNCLINE_JWT_ISSUER"]
         server.insecureDevAuth = insecureDevAuth
         server.demo = demo
         server.staticDirectory = staticDir
@@ -204,11 +218,15 @@ struct Migrate: AsyncParsableCommand {
 
     @OptionGroup var database: DatabaseOptions
 
+    @Option(name: .customLong("grant-runtime"),
+            help: "After migrating, grant this existing login role what `serve` needs and no DDL rights (repeatable; docs/security.md).")
+    var grantRuntime: [String] = []
+
     func run() async throws {
         let logger = database.logger()
         let applied = try await SynclineApplication.migrate(
             databaseURL: database.databaseURL, developmentDirectory: database.devDataDir,
-            migrationsDirectory: database.migrationsDir, logger: logger)
+            migrationsDirectory: database.migrationsDir, grantRuntime: grantRuntime, logger: logger)
         print(applied.isEmpty ? "up to date" : "applied: " + applied.joined(separator: ", "))
     }
 }

@@ -45,6 +45,14 @@ final class TestClient: Sendable {
         _ server: TestServer, headers: [(String, String)] = [], subprotocols: [String] = [synclineSubprotocol],
         compression: Bool = false, tls: TLSConfiguration? = nil
     ) async throws -> TestClient {
+        try await connect(url: server.url, headers: headers, subprotocols: subprotocols, compression: compression, tls: tls)
+    }
+
+    /// Connects to a server by URL (a `syncline serve` child process); no hello yet.
+    static func connect(
+        url serverURL: String, headers: [(String, String)] = [], subprotocols: [String] = [synclineSubprotocol],
+        compression: Bool = false, tls: TLSConfiguration? = nil
+    ) async throws -> TestClient {
         let inbox = NIOLockedValueBox<[JSONValue]>([])
         let finished = NIOLockedValueBox(false)
         let (stream, continuation) = AsyncStream<Command>.makeStream()
@@ -59,7 +67,7 @@ final class TestClient: Sendable {
         if compression {
             configuration.extensions = [WebSocketExtensionFactory.perMessageDeflate(maxDecompressedFrameSize: 64 << 20, minFrameSizeToCompress: 16).build()]
         }
-        let url = tls == nil ? server.url : server.url.replacingOccurrences(of: "ws://", with: "wss://")
+        let url = tls == nil ? serverURL : serverURL.replacingOccurrences(of: "ws://", with: "wss://")
         if tls != nil { configuration.sniHostname = "localhost" }  // SNI cannot carry an IP address
         let opened = NIOLockedValueBox(false)
         let task = Task<WebSocketCloseFrame?, any Error> {
@@ -180,6 +188,13 @@ final class TestClient: Sendable {
         case .unknown(let code): return code
         default: return nil
         }
+    }
+
+    /// Waits for the server to close the connection; returns its close code and reason.
+    func closeFrame(timeout: Duration = .seconds(10)) async throws -> (code: UInt16?, reason: String) {
+        let code = try await closeCode(timeout: timeout)
+        let reason = (try? await task.value)??.reason ?? ""
+        return (code, reason)
     }
 
     func close() async {

@@ -17,7 +17,8 @@ struct TestServer: Sendable {
     var url: String { "ws://127.0.0.1:\(port)/v1/sync" }
 
     static func start(
-        database: TestDatabase? = nil, configure: (inout SynclineApplication.Options) -> Void = { _ in }
+        database: TestDatabase? = nil, logger: Logger = TestCluster.logger,
+        configure: (inout SynclineApplication.Options) -> Void = { _ in }
     ) async throws -> TestServer {
         let database = try database ?? TestDatabase(url: TestCluster.makeDatabase())
         var options = SynclineApplication.Options(migrationsDirectory: repositoryRoot + "/migrations")
@@ -30,7 +31,7 @@ struct TestServer: Sendable {
         options.server.eventLoopThreads = 2
         options.server.heartbeatMilliseconds = 2_000
         configure(&options)
-        let app = try await SynclineApplication.prepare(options, logger: TestCluster.logger)
+        let app = try await SynclineApplication.prepare(options, logger: logger)
         let running = Task { try await app.run() }
         let port = try await app.port
         let server = TestServer(app: app, port: port, database: database, running: running)

@@ -64,9 +64,11 @@ LANGUAGE sql STABLE AS $$
     SELECT topic = 'user:' || demo.current_sub()
 $$;
 
-SELECT syncline.track('public.accounts', '{id}', '{id,owner}', NULL, 'demo.accounts_policy(jsonb)');
-SELECT syncline.track('public.transactions', '{id}', '{id,account_id}', NULL, 'demo.transactions_policy(jsonb)');
-SELECT syncline.track('public.notifications', '{id}', '{id,user_id}', NULL, 'demo.notifications_policy(jsonb)');
+-- The tables get row-level security below (for writes): the feed policies above are what filter
+-- feeds, and they allow no more than the read policies do, as `rls` states (docs/security.md).
+SELECT syncline.track('public.accounts', '{id}', '{id,owner}', NULL, 'demo.accounts_policy(jsonb)', rls => 'feed_policy_covers');
+SELECT syncline.track('public.transactions', '{id}', '{id,account_id}', NULL, 'demo.transactions_policy(jsonb)', rls => 'feed_policy_covers');
+SELECT syncline.track('public.notifications', '{id}', '{id,user_id}', NULL, 'demo.notifications_policy(jsonb)', rls => 'feed_policy_covers');
 INSERT INTO syncline.topic_policies (id, policy) VALUES (1, 'demo.topic_policy(text)')
 ON CONFLICT (id) DO UPDATE SET policy = EXCLUDED.policy;
 
