@@ -47,9 +47,9 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
     var pending: ByteBuffer?
     /// A write reached the channel since its last flush.
     var unflushed = false
-    /// The channel's writability (its outbound queue is under the high watermark), kept from
-    /// `channelWritabilityChanged` so that each send need not ask the channel.
-    private(set) var isWritable = true
+    /// Whether the channel's outbound queue is under its high watermark (the connection closes a
+    /// slow reader with 4008 when it is not).
+    var isWritable: Bool { context?.channel.isWritable ?? false }
     /// `contextTakeover` mode: this connection's own compressor, made on its first compressed message.
     var deflater: ZlibDeflater?
     var loopState: DeflateLoopState?
@@ -68,7 +68,6 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        isWritable = context.channel.isWritable
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -83,11 +82,6 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
         closeTimer = nil
         pending = nil
         context.fireChannelInactive()
-    }
-
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
-        isWritable = context.channel.isWritable
-        context.fireChannelWritabilityChanged()
     }
 
     /// After the application has handled what was read (and written its answers), one flush.
