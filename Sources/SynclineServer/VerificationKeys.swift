@@ -48,7 +48,8 @@ struct VerificationKeys: Sendable {
                     // Builds the key now: a key that cannot verify is refused at load, not per token.
                     algorithm = try await collection.getKey(for: JWKIdentifier(string: kid)).name
                 } catch {
-                    throw AuthenticationError(message: "the JWKS key \(JSONValue.quoted(kid)) does not load (\(type(of: error)))")
+                    // jwt-kit's reasons name what is wrong with the key, not its values.
+                    throw AuthenticationError(message: "the JWKS key \(JSONValue.quoted(kid)) does not load: \(String(describing: error).prefix(200))")
                 }
                 guard algorithm == jwk["alg"]?.stringValue else {
                     throw AuthenticationError(message: "the JWKS key \(JSONValue.quoted(kid)) has an unsupported alg")

@@ -14,7 +14,8 @@ import Testing
 /// (`SyncConnectionTests.addServerHandlers`), with the real `Hub` on the channel's loop, a real
 /// HS256 `Authenticator`, and the in-memory feed, client registry and mutation submitter. The
 /// test plays the client: it writes masked frames as bytes and parses the bytes the server wrote.
-/// Time on the loop is virtual: close timers and token expiry run only when the test advances it.
+/// Time on the loop is virtual: close timers and token expiry run only when the test advances it
+/// (the message rate limit and the heartbeat's silence check read the real clock).
 final class ConnectionHarness: Sendable {
     static let secret = "unit-test-secret-0123456789abcdef-0123"
     static let epoch = "0123456789abcdef"
@@ -127,7 +128,7 @@ final class ConnectionHarness: Sendable {
 
     /// The next frame the server wrote, waiting up to `seconds` (background tasks such as token
     /// checks and snapshots run on Swift's pool and hop back to the loop).
-    func nextFrame(seconds: Double = 2) async throws -> Frame {
+    func nextFrame(seconds: Double = 10) async throws -> Frame {
         let deadline = ContinuousClock.now + .seconds(seconds)
         while true {
             if let frame = try await pendingFrame() { return frame }
@@ -146,7 +147,7 @@ final class ConnectionHarness: Sendable {
     }
 
     /// The next message, which must be a text frame holding a JSON object.
-    func next(seconds: Double = 2, sourceLocation: SourceLocation = #_sourceLocation) async throws -> JSONValue {
+    func next(seconds: Double = 10) async throws -> JSONValue {
         let frame = try await nextFrame(seconds: seconds)
         guard frame.opcode == 0x1 else {
             throw TestFailure("expected a message, got opcode \(frame.opcode) \(frame.closeCode.map { "close \($0) \(frame.closeReason)" } ?? "")")
@@ -155,14 +156,14 @@ final class ConnectionHarness: Sendable {
     }
 
     /// The next message, which must have `type`.
-    func next(_ type: String, seconds: Double = 2) async throws -> JSONValue {
+    func next(_ type: String, seconds: Double = 10) async throws -> JSONValue {
         let message = try await next(seconds: seconds)
         guard message["type"]?.stringValue == type else { throw TestFailure("expected '\(type)', got \(message.jsonText)") }
         return message
     }
 
     /// Skips messages until a close frame and returns its code and reason.
-    func closeFrame(seconds: Double = 2) async throws -> (code: UInt16?, reason: String) {
+    func closeFrame(seconds: Double = 10) async throws -> (code: UInt16?, reason: String) {
         while true {
             let frame = try await nextFrame(seconds: seconds)
             if frame.opcode == 0x8 { return (frame.closeCode, frame.closeReason) }

@@ -169,7 +169,7 @@ struct TestFailure: Error, CustomStringConvertible {
 }
 
 /// Runs `body`, failing with `message` when it returns nil or takes longer than `seconds`.
-func withDeadline<T: Sendable>(_ message: String, seconds: Double = 2, _ body: @escaping @Sendable () async throws -> T?) async throws -> T {
+func withDeadline<T: Sendable>(_ message: String, seconds: Double = 10, _ body: @escaping @Sendable () async throws -> T?) async throws -> T {
     try await withThrowingTaskGroup(of: T?.self) { group in
         group.addTask { try await body() }
         group.addTask {
