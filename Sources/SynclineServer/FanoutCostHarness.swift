@@ -1,7 +1,6 @@
 import Logging
 import NIOCore
 import NIOEmbedded
-import NIOWebSocket
 import PostgresNIO
 import SynclineCore
 import SynclinePostgres
@@ -9,8 +8,9 @@ import SynclineProtocol
 
 /// The fan-out's cost without sockets, PostgreSQL or timing: a fixed sequence of one-row commits
 /// goes through the real `Hub.dispatch` (match + encode once) and `LoopFanout.deliver` (prefix +
-/// shared body per subscriber, through `SyncConnection`, `WebSocketProtocolHandler` and NIO's
-/// frame encoder) into `EmbeddedChannel`s on one `EmbeddedEventLoop`. Everything is deterministic
+/// shared body per subscriber, through `SyncConnection` and `WebSocketProtocolHandler`, which
+/// encodes the frames and writes them, coalesced, once per connection and batch) into
+/// `EmbeddedChannel`s on one `EmbeddedEventLoop`. Everything is deterministic
 /// (with `SWIFT_DETERMINISTIC_HASHING=1`), so an instruction count under callgrind, toggled on
 /// `push` (both, per batch), is a stable cost-per-delivery figure (bench/README.md, "Fan-out cost").
 ///
@@ -30,9 +30,12 @@ public enum FanoutCostHarness {
 
     public struct Report: Sendable {
         public var deliveries: Int
-        /// Bytes the frame encoder emitted (headers and payloads).
+        /// Bytes the WebSocket layer wrote (headers and payloads).
         public var bytes: Int
+        /// WebSocket frames in those bytes.
         public var frames: Int
+        /// Channel writes (buffers) that carried them.
+        public var buffers: Int
     }
 
     /// Runs the sequence on the calling thread (the embedded loop is not thread-safe). No Swift
@@ -61,12 +64,9 @@ public enum FanoutCostHarness {
         for n in 0..<options.subscribers {
             let channel = EmbeddedChannel(loop: loop)
             channel.isWritable = true
-            let sync = SyncConnection(environment: environment, headerIdentity: nil)
-            try channel.pipeline.syncOperations.addHandlers([
-                WebSocketFrameEncoder(),
-                WebSocketProtocolHandler(options: .init(configuration), deflate: nil),
-                sync,
-            ])
+            let webSocket = WebSocketProtocolHandler(options: .init(configuration), deflate: nil)
+            let sync = SyncConnection(environment: environment, headerIdentity: nil, webSocket: webSocket)
+            try channel.pipeline.syncOperations.addHandlers([webSocket, sync])
             try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
             sync.attachLiveForHarness(id: "s\(n)", key: key(n % feeds))
             channels.append(channel)
@@ -81,6 +81,7 @@ public enum FanoutCostHarness {
         var row = 0
         var bytes = 0
         var frames = 0
+        var buffers = 0
         for commit in 0..<options.commits {
             var records: [ChangeRecord] = []
             let after = position
@@ -101,14 +102,29 @@ public enum FanoutCostHarness {
             for channel in channels {
                 while let buffer = try channel.readOutbound(as: ByteBuffer.self) {
                     bytes += buffer.readableBytes
-                    frames += 1
+                    buffers += 1
+                    frames += Self.countFrames(buffer)
                 }
             }
         }
         for channel in channels { _ = try? channel.finish() }
         // One delivery = one subscriber sent one row: every row matches exactly one feed.
         let deliveries = options.commits * max(1, options.rowsPerCommit) * options.subscribers / feeds
-        return Report(deliveries: deliveries, bytes: bytes, frames: frames)
+        return Report(deliveries: deliveries, bytes: bytes, frames: frames, buffers: buffers)
+    }
+
+    /// Frames in a buffer of whole server frames (unmasked; RFC 6455 §5.2).
+    static func countFrames(_ buffer: ByteBuffer) -> Int {
+        var buffer = buffer
+        var frames = 0
+        while let _ = buffer.readInteger(as: UInt8.self), let second = buffer.readInteger(as: UInt8.self) {
+            var length = Int(second & 0x7F)
+            if length == 126 { length = Int(buffer.readInteger(as: UInt16.self) ?? 0) }
+            if length == 127 { length = Int(buffer.readInteger(as: UInt64.self) ?? 0) }
+            buffer.moveReaderIndex(forwardBy: min(length, buffer.readableBytes))
+            frames += 1
+        }
+        return frames
     }
 
     /// One batch through the fan-out: `Hub.dispatch` (match, encode, hand to the loop) and the

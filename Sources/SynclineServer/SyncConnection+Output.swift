@@ -6,8 +6,8 @@ import SynclineCore
 import SynclinePostgres
 import SynclineProtocol
 
-/// Everything the connection writes: feed deliveries (prefix + shared body), its own messages,
-/// and the flush once per batch.
+/// Everything the connection writes, all through its WebSocket layer (one ordered path): feed
+/// deliveries (prefix + shared body), its own messages, and the flush once per batch.
 extension SyncConnection {
     /// Writes a feed body for one subscriber (its prefix plus the shared bytes). The connection is
     /// flushed by the fan-out at the end of the batch. A connection whose outbound queue is over
@@ -19,7 +19,7 @@ extension SyncConnection {
             promise?.fail(Abandoned())
             return
         }
-        guard context.channel.isWritable else {
+        guard webSocket.isWritable else {
             promise?.fail(Abandoned())
             return close(.tooSlow, reason: "outbound queue full; resume from your cursor")
         }
@@ -34,41 +34,31 @@ extension SyncConnection {
             return
         }
         for (i, message) in body.messages.enumerated() {
-            write(prefix: subscriber.messagePrefix, body: message.body, promise: i == last ? promise : nil)
+            webSocket.sendText(prefix: subscriber.messagePrefix, body: message.body, promise: i == last ? promise : nil)
         }
         if let changes = body.changes {
-            write(prefix: live ? subscriber.liveChangesPrefix : subscriber.changesPrefix, body: changes, promise: promise)
+            webSocket.sendText(prefix: live ? subscriber.liveChangesPrefix : subscriber.changesPrefix, body: changes, promise: promise)
         }
-    }
-
-    func write(prefix: ByteBuffer, body: ByteBuffer, promise: EventLoopPromise<Void>? = nil) {
-        // The frame's payload is prefix + body; the encoder writes them as separate buffers, so the
-        // shared body is never copied per subscriber.
-        let frame = WebSocketFrame(fin: true, opcode: .text, data: body, extensionData: prefix)
-        context.write(wrapOutboundOut(frame), promise: promise)
-        needsFlush = true
         if !queuedForFlush {
             queuedForFlush = true
             fanout.needsFlush(self)
         }
     }
 
+    /// One of the connection's own messages; flushed when the current read, batch or callback ends.
     func sendText(_ text: String) {
-        guard !closing, let context else { return }
-        let frame = WebSocketFrame(fin: true, opcode: .text, data: context.channel.allocator.buffer(string: text))
-        context.write(wrapOutboundOut(frame), promise: nil)
-        needsFlush = true
+        guard !closing else { return }
+        webSocket.sendText(text)
     }
 
     /// Called by the fan-out at the end of a batch.
     func fanoutFlush() {
         queuedForFlush = false
-        flushIfNeeded()
+        webSocket.flush()
     }
 
+    /// Flushes what was sent outside a read or a batch (answers from tasks hopping back to the loop).
     func flushIfNeeded() {
-        guard needsFlush, let context else { return }
-        needsFlush = false
-        context.flush()
+        webSocket.flush()
     }
 }

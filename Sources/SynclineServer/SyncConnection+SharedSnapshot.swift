@@ -28,8 +28,12 @@ extension SyncConnection {
             return eventLoop.makeFailedFuture(Abandoned())
         }
         let promise = eventLoop.makePromise(of: Void.self)
-        write(prefix: prefix ?? ByteBuffer(), body: body, promise: promise)
-        flushIfNeeded()
+        if let prefix {
+            webSocket.sendText(prefix: prefix, body: body, promise: promise)
+        } else {
+            webSocket.sendMessage(body, promise: promise)
+        }
+        webSocket.flush()
         return promise.futureResult
     }
 

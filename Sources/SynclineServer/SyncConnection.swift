@@ -6,23 +6,25 @@ import SynclineCore
 import SynclinePostgres
 import SynclineProtocol
 
-/// One `/v1/sync` WebSocket connection: frames in, the session state machine, subscriptions, and
-/// frames out. An event-loop-bound channel handler; background work (token checks, snapshots,
-/// catch-ups) runs in tasks that hop back to the loop through `NIOLoopBound`.
+/// One `/v1/sync` WebSocket connection: messages in, the session state machine, subscriptions, and
+/// messages out. An event-loop-bound channel handler after `WebSocketProtocolHandler`, which owns
+/// every frame, ping and close: the connection receives whole validated messages (and pongs) and
+/// sends through the handler's API (`webSocket`), so its output keeps one order. Background work
+/// (token checks, snapshots, catch-ups) runs in tasks that hop back to the loop through `NIOLoopBound`.
 ///
 /// This file holds its state, the channel events and the session; each concept lives in its own
 /// file: `+Authentication` (hello, auth, expiry), `+Subscriptions`, `+Mutations`, `+Output`,
 /// `+Closing`, and `ConnectionErrors` (what a client may see of a failure).
 final class SyncConnection: ChannelInboundHandler {
     typealias InboundIn = WebSocketFrame
-    typealias OutboundOut = WebSocketFrame
 
     let environment: SyncEnvironment
+    /// The connection's WebSocket layer: everything it sends goes through it.
+    let webSocket: WebSocketProtocolHandler
     let headerIdentity: Identity?
     var context: ChannelHandlerContext!
     var eventLoop: (any EventLoop)!
     var session: SessionStateMachine
-    var assembler: WebSocketMessageAssembler
     var identity: Identity?
     /// Highest decided `mid` of this `sub` + `client_id`, for `welcome`.
     var lastMID: Int64 = 0
@@ -38,7 +40,6 @@ final class SyncConnection: ChannelInboundHandler {
     var attempts: UInt64 = 0
     var closing = false
     var tornDown = false
-    var needsFlush = false
     var queuedForFlush = false
     var lastReceived = NIODeadline.now()
     var expiry: Scheduled<Void>?
@@ -54,17 +55,18 @@ final class SyncConnection: ChannelInboundHandler {
         return logger
     }
 
-    init(environment: SyncEnvironment, headerIdentity: Identity?) {
+    init(environment: SyncEnvironment, headerIdentity: Identity?, webSocket: WebSocketProtocolHandler) {
         self.environment = environment
+        self.webSocket = webSocket
         self.headerIdentity = headerIdentity
         self.session = SessionStateMachine(limits: .init(
             maximumSubscriptions: environment.configuration.maximumSubscriptionsPerConnection))
         self.mutations = MutationPipeline(limit: max(1, environment.configuration.maximumMutationsInFlight))
-        self.assembler = WebSocketMessageAssembler(maximumBytes: environment.configuration.maximumMessageBytes)
         self.tokens = Double(environment.configuration.maximumMessagesPerSecond) * 2
     }
 
-    var fanout: LoopFanout { environment.hub.fanout(on: context.eventLoop) }
+    /// This loop's fan-out, looked up once when the handler is added (not per delivery).
+    private(set) var fanout: LoopFanout!
     var bound: NIOLoopBound<SyncConnection> { NIOLoopBound(self, eventLoop: context.eventLoop) }
 
     // MARK: Channel events
@@ -72,6 +74,7 @@ final class SyncConnection: ChannelInboundHandler {
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         self.eventLoop = context.eventLoop
+        fanout = environment.hub.fanout(on: context.eventLoop)
         fanout.register(self)
     }
 
@@ -86,43 +89,24 @@ final class SyncConnection: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if let error = error as? NIOWebSocketError {
-            logger.debug("websocket protocol error", metadata: ["error": "\(error)"])
-            close(error == .invalidFrameLength ? .messageTooBig : .protocolError, reason: "invalid frame")
-        } else {
-            logger.debug("connection error", metadata: ["error": "\(error)"])
-            context.close(promise: nil)
-        }
+        // WebSocket protocol errors were answered by the WebSocket layer; this is the transport's.
+        logger.debug("connection error", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
     }
 
+    /// Whole messages and pongs from the WebSocket layer; anything read proves the client alive.
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
         lastReceived = .now()
         switch frame.opcode {
-        case .ping:
-            guard frame.fin else { return close(.protocolError, reason: "fragmented control frame") }
-            let pong = WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)
-            context.writeAndFlush(wrapOutboundOut(pong), promise: nil)
-        case .pong:
-            break
-        case .connectionClose:
-            receivedClose(frame)
-        case .text, .binary, .continuation:
+        case .text:
             guard !closing else { return }
-            switch assembler.receive(frame) {
-            case .none: break
-            case .fail(let code, let reason): close(code, reason: reason)
-            case .binary: close(.unsupportedData, reason: "syncline.v1 uses text frames")
-            case .text(let buffer): receivedMessage(buffer)
-            }
+            receivedMessage(frame.data)
+        case .binary:
+            close(.unsupportedData, reason: "syncline.v1 uses text frames")
         default:
-            close(.protocolError, reason: "unknown opcode")
+            break  // a pong
         }
-    }
-
-    func channelReadComplete(context: ChannelHandlerContext) {
-        flushIfNeeded()
-        context.fireChannelReadComplete()
     }
 
     // MARK: Session

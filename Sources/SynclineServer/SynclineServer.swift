@@ -102,19 +102,16 @@ final class SynclineServer: Service, Sendable {
     private static func initialize(_ channel: any Channel, environment: SyncEnvironment, assets: StaticAssets, tls: NIOSSLContext?) -> EventLoopFuture<Void> {
         let decision = NIOLoopBound(UpgradeDecision(), eventLoop: channel.eventLoop)
         let configuration = environment.configuration
-        let upgrader = NIOWebSocketServerUpgrader(
+        let upgrader = WebSocketUpgrader(
             maxFrameSize: WebSocketProtocolHandler.maximumFrameSize(messageLimit: configuration.maximumMessageBytes),
-            automaticErrorHandling: true,
             shouldUpgrade: { channel, head in
                 shouldUpgrade(channel, head, environment: environment, decision: decision)
             },
-            upgradePipelineHandler: { channel, _ in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(
-                        WebSocketProtocolHandler(options: .init(configuration), deflate: decision.value.deflate))
-                    try channel.pipeline.syncOperations.addHandler(
-                        SyncConnection(environment: environment, headerIdentity: decision.value.identity))
-                }
+            upgradePipelineHandler: { channel in
+                let webSocket = WebSocketProtocolHandler(options: .init(configuration), deflate: decision.value.deflate)
+                try channel.pipeline.syncOperations.addHandler(webSocket)
+                try channel.pipeline.syncOperations.addHandler(
+                    SyncConnection(environment: environment, headerIdentity: decision.value.identity, webSocket: webSocket))
             })
         let router = HTTPRouter(environment: environment, decision: decision, assets: assets)
         return channel.eventLoop.makeCompletedFuture {

@@ -216,6 +216,8 @@ struct MutationTests {
         try await TestServer.with(configure: {
             $0.server.mutations.lanes = 1
             $0.server.mutations.batchTimeout = .seconds(60)
+            // The give-up path: no re-run on the next connection (LaneReconnectTests has the re-run).
+            $0.server.mutations.connectionLossRetries = 0
         }) { server in
             try Self.installSleeper(server)
             let alice = try await TestClient.open(server, sub: "alice")

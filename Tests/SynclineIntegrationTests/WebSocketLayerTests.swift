@@ -157,12 +157,17 @@ struct WebSocketLayerTests {
         WebSocketFrame(fin: fin, rsv1: rsv1, opcode: opcode, data: ByteBuffer(bytes: bytes))
     }
 
+    /// The frames the handler wrote (it writes bytes: frames coalesced per flush).
+    private func sentFrames(_ channel: EmbeddedChannel) throws -> [WebSocketFrame] {
+        var bytes = ByteBuffer()
+        while var buffer = try channel.readOutbound(as: ByteBuffer.self) { bytes.writeBuffer(&buffer) }
+        return try ServerFrames.parse(&bytes)
+    }
+
     private func sentClose(_ channel: EmbeddedChannel) throws -> UInt16? {
-        while let frame = try channel.readOutbound(as: WebSocketFrame.self) {
-            if frame.opcode == .connectionClose {
-                var data = frame.data
-                return data.readInteger(as: UInt16.self)
-            }
+        for frame in try sentFrames(channel) where frame.opcode == .connectionClose {
+            var data = frame.data
+            return data.readInteger(as: UInt16.self)
         }
         return nil
     }
@@ -172,7 +177,7 @@ struct WebSocketLayerTests {
         let channel = try channel()
         try channel.writeInbound(frame(.text, fin: false, Array("Hel".utf8)))
         try channel.writeInbound(frame(.ping, [1, 2]))
-        let pong = try #require(try channel.readOutbound(as: WebSocketFrame.self))
+        let pong = try #require(try sentFrames(channel).first)
         #expect(pong.opcode == .pong && pong.data == ByteBuffer(bytes: [1, 2]))
         #expect(try channel.readInbound(as: WebSocketFrame.self) == nil)
         try channel.writeInbound(frame(.continuation, fin: false, Array("lo ".utf8)))
@@ -225,12 +230,61 @@ struct WebSocketLayerTests {
     func closeHandshake() throws {
         let channel = try channel()
         try channel.writeOutbound(WebSocketFrame(fin: true, opcode: .connectionClose, data: ByteBuffer(bytes: [0x03, 0xE8])))
-        _ = try channel.readOutbound(as: WebSocketFrame.self)
+        #expect(try sentFrames(channel).map(\.opcode) == [.connectionClose])
         try channel.writeInbound(frame(.text, Array("late".utf8)))
         #expect(try channel.readInbound(as: WebSocketFrame.self) == nil)
         #expect(channel.isActive)
         try channel.writeInbound(frame(.connectionClose, [0x03, 0xE8]))
         #expect(!channel.isActive)
+    }
+
+    @Test("output: small frames coalesce into one write per flush, a big body goes by reference, in send order; nothing after the close")
+    func coalescedOutput() throws {
+        let channel = try channel()
+        let handler = try channel.pipeline.syncOperations.handler(type: WebSocketProtocolHandler.self)
+        let prefix = ByteBuffer(string: "{\"type\":\"changes\",\"sub\":\"t\",")
+        let big = ByteBuffer(repeating: 0x61, count: WebSocketProtocolHandler.inlineBodyBytes + 1)
+        handler.sendText(prefix: prefix, body: ByteBuffer(string: "\"n\":1}"))
+        handler.sendText("{\"type\":\"ack\"}")
+        handler.sendPing()
+        #expect(try channel.readOutbound(as: ByteBuffer.self) == nil, "nothing reaches the channel before the flush")
+        handler.flush()
+        var first = try #require(try channel.readOutbound(as: ByteBuffer.self))
+        #expect(try channel.readOutbound(as: ByteBuffer.self) == nil, "one write for three frames")
+        let frames = try ServerFrames.parse(&first)
+        #expect(frames.map(\.opcode) == [.text, .text, .ping])
+        #expect(String(buffer: frames[0].data) == "{\"type\":\"changes\",\"sub\":\"t\",\"n\":1}")
+        // Pending small frame, then header + prefix, then the shared body itself (not a copy).
+        handler.sendText("{\"small\":true}")
+        handler.sendText(prefix: prefix, body: big)
+        handler.flush()
+        var headAndSmall = try #require(try channel.readOutbound(as: ByteBuffer.self))
+        let body = try #require(try channel.readOutbound(as: ByteBuffer.self))
+        #expect(DeflateLoopState.same(body, big))
+        headAndSmall.writeImmutableBuffer(body)
+        let second = try ServerFrames.parse(&headAndSmall)
+        #expect(second.map { String(buffer: $0.data) } == ["{\"small\":true}", String(buffer: prefix) + String(buffer: big)])
+        // The close goes after what was sent before it; nothing sent after it leaves.
+        handler.sendText("{\"before\":true}")
+        handler.close(.tooSlow, reason: "outbound queue full")
+        handler.sendText("{\"after\":true}")
+        handler.sendPing()
+        handler.flush()
+        let last = try sentFrames(channel)
+        #expect(last.map(\.opcode) == [.text, .connectionClose])
+        var close = last[1].data
+        #expect(close.readInteger(as: UInt16.self) == 4008)
+    }
+
+    @Test("isWritable is the channel's (the 4008 check reads it per send)")
+    func writability() throws {
+        let channel = try channel()
+        let handler = try channel.pipeline.syncOperations.handler(type: WebSocketProtocolHandler.self)
+        #expect(handler.isWritable)
+        channel.isWritable = false
+        #expect(!handler.isWritable)
+        channel.isWritable = true
+        #expect(handler.isWritable)
     }
 
     @Test("compressed messages in and out; a compressed bomb closes with 1009")
@@ -247,9 +301,9 @@ struct WebSocketLayerTests {
         #expect(String(buffer: message.data) == text)
         // Outbound: prefix + shared body → stored block + compressed body, RSV1 set.
         try channel.writeOutbound(WebSocketFrame(fin: true, opcode: .text, data: ByteBuffer(string: text), extensionData: ByteBuffer(string: "{\"p\":1,")))
-        let out = try #require(try channel.readOutbound(as: WebSocketFrame.self))
+        let out = try #require(try sentFrames(channel).first)
         #expect(out.rsv1)
-        let (outcome, inflated) = inflate(out.extensionData!, out.data)
+        let (outcome, inflated) = inflate(out.data)
         #expect(outcome == .ok && String(buffer: inflated) == "{\"p\":1," + text)
         // Bomb.
         var bomb = ByteBuffer()
@@ -301,7 +355,7 @@ struct FanoutCompressionBench {
                 cpu += Double(clock() - start) / Double(CLOCKS_PER_SEC)
                 for channel in channels {
                     channel.flush()
-                    while let frame = try channel.readOutbound(as: WebSocketFrame.self) { bytes += frame.length }
+                    while let buffer = try channel.readOutbound(as: ByteBuffer.self) { bytes += buffer.readableBytes }
                 }
                 if batch == 0 { rssAfterFirst = WebSocketConformanceTests.residentBytes() }
             }
@@ -313,5 +367,30 @@ struct FanoutCompressionBench {
             let state = DeflateLoopState.forCurrentThread
             print("fanout-bench shared cache: \(state.hits) hits, \(state.misses) compressions")
         }
+    }
+}
+
+/// Parses what a server wrote (unmasked frames, RFC 6455 §5.2), for tests of the WebSocket layer.
+enum ServerFrames {
+    struct Malformed: Error {}
+
+    static func parse(_ bytes: inout ByteBuffer) throws -> [WebSocketFrame] {
+        var frames: [WebSocketFrame] = []
+        while bytes.readableBytes > 0 {
+            guard let first = bytes.readInteger(as: UInt8.self), let second = bytes.readInteger(as: UInt8.self),
+                  second & 0x80 == 0, let opcode = WebSocketOpcode(encodedWebSocketOpcode: first & 0x0F) else { throw Malformed() }
+            var length = Int(second & 0x7F)
+            if length == 126 {
+                guard let extended = bytes.readInteger(as: UInt16.self) else { throw Malformed() }
+                length = Int(extended)
+            } else if length == 127 {
+                guard let extended = bytes.readInteger(as: UInt64.self) else { throw Malformed() }
+                length = Int(extended)
+            }
+            guard let payload = bytes.readSlice(length: length) else { throw Malformed() }
+            frames.append(WebSocketFrame(fin: first & 0x80 != 0, rsv1: first & 0x40 != 0, rsv2: first & 0x20 != 0, rsv3: first & 0x10 != 0,
+                                         opcode: opcode, data: payload))
+        }
+        return frames
     }
 }

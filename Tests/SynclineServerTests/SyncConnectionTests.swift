@@ -11,19 +11,19 @@ import Testing
 /// mutation submitter (`ConnectionHarness`). The wire-level behaviour of protocol/README.md:
 /// session, feeds (snapshot → live, hand-offs), read-your-writes, errors and limits.
 @Suite struct SyncConnectionTests {
-    /// The handlers the server puts on an upgraded `/v1/sync` channel: NIO's frame codec as
-    /// `NIOWebSocketServerUpgrader` adds it, then `SynclineServer.initialize`'s RFC 6455 layer and
-    /// the connection. The one place to change when the server's pipeline changes.
+    /// The handlers the server puts on an upgraded `/v1/sync` channel: NIO's frame decoder as
+    /// `WebSocketUpgrader` adds it, then `SynclineServer.initialize`'s RFC 6455 layer (which
+    /// encodes the frames itself) and the connection. The one place to change when the server's
+    /// pipeline changes.
     static func addServerHandlers(to channel: NIOAsyncTestingChannel, environment: SyncEnvironment) async throws {
         let configuration = environment.configuration
         try await channel.testingEventLoop.executeInContext {
+            let webSocket = WebSocketProtocolHandler(options: .init(configuration), deflate: nil)
             try channel.pipeline.syncOperations.addHandlers([
-                WebSocketFrameEncoder(),
                 ByteToMessageHandler(WebSocketFrameDecoder(
                     maxFrameSize: WebSocketProtocolHandler.maximumFrameSize(messageLimit: configuration.maximumMessageBytes))),
-                WebSocketProtocolErrorHandler(),
-                WebSocketProtocolHandler(options: .init(configuration), deflate: nil),
-                SyncConnection(environment: environment, headerIdentity: nil),
+                webSocket,
+                SyncConnection(environment: environment, headerIdentity: nil, webSocket: webSocket),
             ])
         }
     }

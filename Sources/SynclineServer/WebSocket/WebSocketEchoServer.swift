@@ -20,9 +20,8 @@ public enum WebSocketEchoServer {
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
                 let negotiated = NIOLoopBoundBox<PerMessageDeflateParameters?>(nil, eventLoop: channel.eventLoop)
-                let upgrader = NIOWebSocketServerUpgrader(
+                let upgrader = WebSocketUpgrader(
                     maxFrameSize: WebSocketProtocolHandler.maximumFrameSize(messageLimit: configuration.maximumMessageBytes),
-                    automaticErrorHandling: true,
                     shouldUpgrade: { channel, head in
                         guard head.uri.split(separator: "?").first.map(String.init) == path else {
                             return channel.eventLoop.makeSucceededFuture(nil)
@@ -31,12 +30,10 @@ public enum WebSocketEchoServer {
                         negotiated.value = WebSocketLayer.negotiateDeflate(head, configuration: configuration, into: &headers)
                         return channel.eventLoop.makeSucceededFuture(headers)
                     },
-                    upgradePipelineHandler: { channel, _ in
-                        channel.eventLoop.makeCompletedFuture {
-                            try channel.pipeline.syncOperations.addHandler(
-                                WebSocketProtocolHandler(options: .init(configuration), deflate: negotiated.value))
-                            try channel.pipeline.syncOperations.addHandler(EchoHandler())
-                        }
+                    upgradePipelineHandler: { channel in
+                        let webSocket = WebSocketProtocolHandler(options: .init(configuration), deflate: negotiated.value)
+                        try channel.pipeline.syncOperations.addHandler(webSocket)
+                        try channel.pipeline.syncOperations.addHandler(EchoHandler(webSocket: webSocket))
                     })
                 let notFound = NIOLoopBound(NotFoundHandler(), eventLoop: channel.eventLoop)
                 return channel.eventLoop.makeCompletedFuture {
@@ -61,15 +58,21 @@ public enum WebSocketEchoServer {
         try? await group.shutdownGracefully()
     }
 
+    /// Sends every message back through the WebSocket layer's API (flushed when the read ends).
     private final class EchoHandler: ChannelInboundHandler {
         typealias InboundIn = WebSocketFrame
-        typealias OutboundOut = WebSocketFrame
+
+        private let webSocket: WebSocketProtocolHandler
+
+        init(webSocket: WebSocketProtocolHandler) {
+            self.webSocket = webSocket
+        }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             let frame = unwrapInboundIn(data)
             switch frame.opcode {
             case .text, .binary:
-                context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: frame.opcode, data: frame.data)), promise: nil)
+                webSocket.sendMessage(frame.data, opcode: frame.opcode)
             default:
                 break
             }
@@ -89,24 +92,5 @@ public enum WebSocketEchoServer {
             context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .notFound, headers: headers))), promise: nil)
             context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { [channel = context.channel] _ in channel.close(promise: nil) }
         }
-    }
-}
-
-/// What `/v1/sync` and the echo endpoint share when upgrading.
-enum WebSocketLayer {
-    /// Negotiates permessage-deflate for an upgrade request and adds the response header.
-    static func negotiateDeflate(_ head: HTTPRequestHead, configuration: ServerConfiguration, into headers: inout HTTPHeaders) -> PerMessageDeflateParameters? {
-        let offers = head.headers["Sec-WebSocket-Extensions"]
-        guard !offers.isEmpty,
-              let parameters = PerMessageDeflateParameters.negotiate(offers, mode: configuration.webSocketCompression.mode)
-        else { return nil }
-        headers.add(name: "Sec-WebSocket-Extensions", value: parameters.responseHeader)
-        return parameters
-    }
-}
-
-extension WebSocketProtocolHandler.Options {
-    init(_ configuration: ServerConfiguration) {
-        self.init(maximumMessageBytes: configuration.maximumMessageBytes, compression: configuration.webSocketCompression)
     }
 }

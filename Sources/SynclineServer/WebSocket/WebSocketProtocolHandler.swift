@@ -2,22 +2,29 @@ import NIOCore
 import NIOWebSocket
 import SynclineProtocol
 
-/// The RFC 6455 layer between NIO's frame codec and an application handler (`SyncConnection`, or
-/// the Autobahn echo). Inbound, the application sees only whole, validated messages (as single
-/// `fin` text/binary frames, inflated) and pongs; outbound, it writes whole frames and this layer
-/// compresses them when permessage-deflate was negotiated. This layer owns:
+/// The RFC 6455 layer: the one place for frames, pings and the close handshake, between NIO's
+/// frame decoder (inbound) and TLS or the socket (outbound: it encodes frames to bytes itself; NIO's
+/// frame encoder is not in the pipeline, see `WebSocketUpgrader`). The application handler after it
+/// (`SyncConnection`, or the Autobahn echo) receives only whole, validated messages (single `fin`
+/// text/binary frames, inflated) and pongs, and sends through this handler's loop-bound API
+/// (`sendText`, `sendPing`, `close`, `flush`: `WebSocketProtocolHandler+Output.swift`), so data,
+/// pongs and closes leave in the order they were sent. This layer owns:
 /// - reserved bits (RSV1 only on the first frame of a compressed message) and reserved opcodes → 1002;
+///   the decoder's errors (a frame over the size limit → 1009, a fragmented or long control frame → 1002);
 /// - reassembly, UTF-8 validation and the message size limit (`WebSocketMessageAssembler`);
 /// - pings (answered here, also between fragments) and the close handshake: a close from the
 ///   client is validated (1002 for a 1-byte payload or an invalid code, 1007 for a reason that is
 ///   not UTF-8) and answered, then the server closes TCP; after the server's own close frame
-///   nothing but the client's close is read, and TCP is closed when it arrives or after
-///   `closeTimeout`.
+///   nothing but the client's close is read, nothing more is sent, and TCP is closed when the
+///   client's close arrives or after `closeTimeout` (the one close timer);
+/// - permessage-deflate on the way out (`shared` or `contextTakeover`).
 final class WebSocketProtocolHandler: ChannelDuplexHandler {
     typealias InboundIn = WebSocketFrame
     typealias InboundOut = WebSocketFrame
+    /// Other handlers may still write whole frames through the pipeline (tests, tools): they take
+    /// the same path as the API.
     typealias OutboundIn = WebSocketFrame
-    typealias OutboundOut = WebSocketFrame
+    typealias OutboundOut = ByteBuffer
 
     struct Options: Sendable {
         var maximumMessageBytes: Int
@@ -25,18 +32,27 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
         var closeTimeout: TimeAmount = .seconds(3)
     }
 
-    private let options: Options
-    private let deflate: PerMessageDeflateParameters?
+    let options: Options
+    let deflate: PerMessageDeflateParameters?
     private var assembler: WebSocketMessageAssembler
-    private var closeSent = false
+    /// Set between `handlerAdded` and `handlerRemoved`.
+    var context: ChannelHandlerContext?
+    /// The server's close frame was sent: nothing more is.
+    private(set) var closeSent = false
     private var closeReceived = false
     private var closeTimer: Scheduled<Void>?
+    /// Small frames written since the last `flush`, in one buffer: one channel write per
+    /// connection and flush instead of three per frame. Nil when empty (an idle connection holds
+    /// no buffer).
+    var pending: ByteBuffer?
+    /// A write reached the channel since its last flush.
+    var unflushed = false
+    /// Whether the channel's outbound queue is under its high watermark (the connection closes a
+    /// slow reader with 4008 when it is not).
+    var isWritable: Bool { context?.channel.isWritable ?? false }
     /// `contextTakeover` mode: this connection's own compressor, made on its first compressed message.
-    private var deflater: ZlibDeflater?
-    private var loopState: DeflateLoopState?
-    /// Stored blocks of this connection's recent per-subscriber prefixes (a prefix is constant per
-    /// subscription), so the shared path allocates nothing per frame.
-    private var storedBlocks: [(prefix: ByteBuffer, block: ByteBuffer)] = []
+    var deflater: ZlibDeflater?
+    var loopState: DeflateLoopState?
 
     init(options: Options, deflate: PerMessageDeflateParameters?) {
         self.options = options
@@ -50,13 +66,42 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
         messageLimit + messageLimit / 64 + 1024
     }
 
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
     func handlerRemoved(context: ChannelHandlerContext) {
         closeTimer?.cancel()
+        closeTimer = nil
+        pending = nil
+        self.context = nil
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         closeTimer?.cancel()
+        closeTimer = nil
+        pending = nil
         context.fireChannelInactive()
+    }
+
+    /// After the application has handled what was read (and written its answers), one flush.
+    func channelReadComplete(context: ChannelHandlerContext) {
+        context.fireChannelReadComplete()
+        flush()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let error = error as? NIOWebSocketError {
+            // The decoder stops at a bad frame and reads nothing more, so the client's close cannot
+            // arrive: TCP closes once our close frame is out.
+            let code: CloseCode = error == .invalidFrameLength ? .messageTooBig : .protocolError
+            fail(code, "invalid frame", thenCloseTCP: true)
+            return
+        }
+        if error is ByteToMessageDecoderError, closeSent {
+            return  // bytes after the decoder's own error: already failing
+        }
+        context.fireErrorCaught(error)
     }
 
     // MARK: Inbound
@@ -64,29 +109,29 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
         guard !closeReceived else { return }
-        guard !frame.rsv2, !frame.rsv3 else { return fail(context, .protocolError, "reserved bits set") }
+        guard !frame.rsv2, !frame.rsv3 else { return fail(.protocolError, "reserved bits set") }
         switch frame.opcode {
         case .ping:
-            guard !frame.rsv1 else { return fail(context, .protocolError, "RSV1 on a control frame") }
+            guard !frame.rsv1 else { return fail(.protocolError, "RSV1 on a control frame") }
             guard !closeSent else { return }
-            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)), promise: nil)
+            sendControl(.pong, payload: WebSocketMessageAssembler.unmaskedData(frame))
         case .pong:
-            guard !frame.rsv1 else { return fail(context, .protocolError, "RSV1 on a control frame") }
+            guard !frame.rsv1 else { return fail(.protocolError, "RSV1 on a control frame") }
             guard !closeSent else { return }
             context.fireChannelRead(data)
         case .connectionClose:
-            guard !frame.rsv1 else { return fail(context, .protocolError, "RSV1 on a control frame") }
+            guard !frame.rsv1 else { return fail(.protocolError, "RSV1 on a control frame") }
             receivedClose(context, frame)
         case .text, .binary, .continuation:
             guard !closeSent else { return }
             switch assembler.receive(frame) {
             case .none: break
-            case .fail(let code, let reason): fail(context, code, reason)
+            case .fail(let code, let reason): fail(code, reason)
             case .text(let message): context.fireChannelRead(wrapInboundOut(WebSocketFrame(fin: true, opcode: .text, data: message)))
             case .binary(let message): context.fireChannelRead(wrapInboundOut(WebSocketFrame(fin: true, opcode: .binary, data: message)))
             }
         default:
-            fail(context, .protocolError, "reserved opcode")
+            fail(.protocolError, "reserved opcode")
         }
     }
 
@@ -97,8 +142,8 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
             context.close(promise: nil)
             return
         }
-        var payload = frame.unmaskedData
-        var reply = context.channel.allocator.buffer(capacity: 2)
+        var payload = WebSocketMessageAssembler.unmaskedData(frame)
+        var reply = Self.allocator.buffer(capacity: 2)
         switch payload.readableBytes {
         case 0:
             break  // no status: answer with none
@@ -114,9 +159,7 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
                 reply.writeInteger(code)
             }
         }
-        closeSent = true
-        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: reply)))
-            .whenComplete { [channel = context.channel] _ in channel.close(promise: nil) }
+        sendClose(reply, thenCloseTCP: true)
     }
 
     /// Codes a peer may send (RFC 6455 §7.4, IANA registry): not 1004–1006 or 1015 (reserved,
@@ -129,76 +172,44 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
     }
 
     /// Fails the connection (RFC 6455 §7.1.7): sends a close with `code` and stops reading data.
-    private func fail(_ context: ChannelHandlerContext, _ code: CloseCode, _ reason: String) {
+    private func fail(_ code: CloseCode, _ reason: String, thenCloseTCP: Bool = false) {
         guard !closeSent else { return }
-        var data = context.channel.allocator.buffer(capacity: 2 + 123)
+        sendClose(Self.closePayload(code, reason: reason), thenCloseTCP: thenCloseTCP)
+    }
+
+    // MARK: Closing
+
+    /// Starts the close handshake with `code` (the reason is cut to fit a control frame). Whatever
+    /// was sent before leaves first; nothing sent after it does. TCP closes when the client
+    /// answers, or after `closeTimeout`. Idempotent.
+    func close(_ code: CloseCode, reason: String) {
+        guard !closeSent, context != nil else { return }
+        sendClose(Self.closePayload(code, reason: reason), thenCloseTCP: false)
+    }
+
+    static func closePayload(_ code: CloseCode, reason: String) -> ByteBuffer {
+        var data = allocator.buffer(capacity: 2 + 123)
         data.writeInteger(code.rawValue)
         data.writeString(String(decoding: reason.utf8.prefix(123), as: UTF8.self))
-        write(context: context, data: wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: data)), promise: nil)
-        context.flush()
+        return data
     }
 
-    // MARK: Outbound
-
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        guard !closeSent else {
-            promise?.fail(ChannelError.outputClosed)
-            return
+    /// Writes and flushes a close frame, after which nothing more is sent; arms the close timer,
+    /// or (`thenCloseTCP`: the handshake cannot or need not go on) closes TCP once it is written.
+    func sendClose(_ payload: ByteBuffer, thenCloseTCP: Bool) {
+        guard !closeSent, let context else { return }
+        let channel = context.channel
+        if thenCloseTCP {
+            let written = context.eventLoop.makePromise(of: Void.self)
+            appendFrame(opcode: WebSocketOpcode.connectionClose, rsv1: false, prefix: nil, body: payload, promise: written)
+            written.futureResult.whenComplete { _ in channel.close(promise: nil) }
+        } else {
+            appendFrame(opcode: WebSocketOpcode.connectionClose, rsv1: false, prefix: nil, body: payload, promise: nil)
         }
-        let frame = unwrapOutboundIn(data)
-        switch frame.opcode {
-        case .connectionClose:
-            closeSent = true
-            context.write(data, promise: promise)
-            let channel = context.channel
+        closeSent = true
+        flush()
+        if closeTimer == nil {
             closeTimer = context.eventLoop.scheduleTask(in: options.closeTimeout) { channel.close(promise: nil) }
-        case .text, .binary:
-            guard let deflate, frame.fin, !frame.rsv1,
-                  frame.length >= options.compression.minimumBytes,
-                  let compressed = compress(frame, deflate, allocator: context.channel.allocator)
-            else {
-                context.write(data, promise: promise)
-                return
-            }
-            context.write(wrapOutboundOut(compressed), promise: promise)
-        default:
-            context.write(data, promise: promise)
         }
-    }
-
-    private func compress(_ frame: WebSocketFrame, _ deflate: PerMessageDeflateParameters, allocator: ByteBufferAllocator) -> WebSocketFrame? {
-        if options.compression.mode == .contextTakeover && !deflate.serverNoContextTakeover {
-            let parts = [frame.extensionData, frame.data].compactMap { $0 }
-            if deflater == nil {
-                deflater = ZlibDeflater(windowBits: min(options.compression.windowBits, deflate.serverMaxWindowBits),
-                                        memoryLevel: options.compression.memoryLevel)
-            }
-            guard let deflater else { return nil }
-            var output = allocator.buffer(capacity: frame.length / 2 + 64)
-            deflater.compress(parts, into: &output)
-            return WebSocketFrame(fin: true, rsv1: true, opcode: frame.opcode, data: output)
-        }
-        // Every message on its own; bodies sent with a per-subscriber prefix (the fan-out's frames)
-        // are compressed once per loop and shared, behind the prefix as a stored block.
-        let state = loopState ?? DeflateLoopState.forCurrentThread
-        loopState = state
-        let windowBits = deflate.serverMaxWindowBits
-        if let prefix = frame.extensionData, let block = storedBlock(prefix, allocator: allocator),
-           let body = state.sharedCompressed(frame.data, windowBits: windowBits) {
-            return WebSocketFrame(fin: true, rsv1: true, opcode: frame.opcode, data: body, extensionData: block)
-        }
-        guard let deflater = state.deflater(windowBits: windowBits) else { return nil }
-        let parts = [frame.extensionData, frame.data].compactMap { $0 }
-        return WebSocketFrame(fin: true, rsv1: true, opcode: frame.opcode, data: deflater.compressIndependently(parts, allocator: allocator))
-    }
-
-    private func storedBlock(_ prefix: ByteBuffer, allocator: ByteBufferAllocator) -> ByteBuffer? {
-        for index in storedBlocks.indices where DeflateLoopState.same(storedBlocks[index].prefix, prefix) {
-            return storedBlocks[index].block
-        }
-        guard let block = DeflateFraming.storedBlock(prefix, allocator: allocator) else { return nil }
-        if storedBlocks.count == 4 { storedBlocks.removeFirst() }
-        storedBlocks.append((prefix, block))
-        return block
     }
 }

@@ -20,4 +20,4 @@ if args.count > 2 { options.commits = args[2]! }
 if args.count > 3 { options.rowsPerCommit = args[3]! }
 let report = try FanoutCostHarness.run(options)
 print("subscribers \(options.subscribers) feeds \(options.feeds) commits \(options.commits) rows/commit \(options.rowsPerCommit): "
-    + "deliveries \(report.deliveries) frames \(report.frames) bytes \(report.bytes)")
+    + "deliveries \(report.deliveries) frames \(report.frames) buffers \(report.buffers) bytes \(report.bytes)")
