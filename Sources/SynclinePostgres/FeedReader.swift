@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 import PostgresNIO
 import SynclineCore
 import SynclineProtocol
@@ -10,6 +11,12 @@ public final class FeedReader: Sendable {
     public let client: PostgresClient
     public let catalog: CollectionCatalog
     private let logger: Logger
+    /// Canonical feed keys by collection and `where` as the client wrote it: a storm of
+    /// subscribes to one feed costs one canonicalisation round trip, not one each. The rendering
+    /// depends only on the columns' types; cleared when full.
+    private let canonicalKeys = NIOLockedValueBox<[String: FeedKey]>([:])
+    /// Entries of `canonicalKeys` at most.
+    public static let canonicalKeysLimit = 10_000
 
     public init(client: PostgresClient, catalog: CollectionCatalog, logger: Logger) {
         self.client = client
@@ -44,6 +51,8 @@ public final class FeedReader: Sendable {
                 "'\(column)' is not a filterable column of '\(collection)' (filterable: \(allowed.isEmpty ? "none" : allowed))")
         }
         if filter.isEmpty { return .collection(collection, filter: [:]) }
+        let cacheKey = collection + "\u{0}" + JSONValue.object(filter.keys.sorted().map { ($0, filter[$0]!) }).jsonText
+        if let known = canonicalKeys.withLockedValue({ $0[cacheKey] }) { return known }
         var texts: [String] = []
         var nulls: [Bool] = []
         let columns = filter.keys.sorted()
@@ -69,7 +78,12 @@ public final class FeedReader: Sendable {
         } catch let error where error.sqlState?.hasPrefix("22") == true {
             throw SynclinePostgresError(.invalidValue, "a 'where' value does not fit its column's type")
         }
-        return .collection(collection, filter: canonical)
+        let key = FeedKey.collection(collection, filter: canonical)
+        canonicalKeys.withLockedValue {
+            if $0.count >= Self.canonicalKeysLimit { $0.removeAll(keepingCapacity: true) }
+            $0[cacheKey] = key
+        }
+        return key
     }
 
     /// Whether the claims may read the feed (the collection's policy, or the topic policy).
@@ -92,21 +106,27 @@ public final class FeedReader: Sendable {
         return false
     }
 
-    /// Streams a snapshot: authorizes, reads position P and the matching rows in one REPEATABLE
-    /// READ transaction under the claims, and hands them over in chunks. `onStart(P)` runs before
-    /// the first chunk; `onChunk(rows, done, P)` awaits the socket's writability, pacing the read.
-    /// Returns P, or nil when the policy refuses the feed.
-    public func snapshot(
-        _ key: FeedKey, claims: String, chunkRows: Int = 500, chunkBytes: Int = 256 << 10,
-        onStart: @Sendable (Int64) async throws -> Void,
-        onChunk: @Sendable ([String], Bool, Int64) async throws -> Void
-    ) async throws -> Int64? {
-        try await client.withConnection { connection in
+    /// Streams one snapshot read for several subscribers of `key` (a shared snapshot; one
+    /// subscriber is the case of one): in one REPEATABLE READ transaction it checks every
+    /// subscriber's policy with its own `claims` (one statement for all), reads position P and the
+    /// matching rows, and hands them over in chunks. The rows are read under `claims[0]`: callers
+    /// share a read only among claims equal but for `exp`/`iat`/`nbf`/`jti`.
+    ///
+    /// `onAuthorized(allowed, P)` runs before the first chunk (`allowed[i]` for `claims[i]`);
+    /// `onChunk(rows, done, P)` awaits the sharers' sockets, pacing the read. Either returns false
+    /// when nobody is left to send to: the read stops there. Returns P.
+    public func sharedSnapshot(
+        _ key: FeedKey, claims: [String], chunkRows: Int = 500, chunkBytes: Int = 256 << 10,
+        onAuthorized: @Sendable ([Bool], Int64) async throws -> Bool,
+        onChunk: @Sendable ([String], Bool, Int64) async throws -> Bool
+    ) async throws -> Int64 {
+        precondition(!claims.isEmpty, "a snapshot read needs a subscriber")
+        return try await client.withConnection { connection in
             try await connection.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", logger: self.logger)
             do {
                 let result = try await self.snapshotInTransaction(
                     key, claims: claims, chunkRows: chunkRows, chunkBytes: chunkBytes,
-                    on: connection, onStart: onStart, onChunk: onChunk)
+                    on: connection, onAuthorized: onAuthorized, onChunk: onChunk)
                 try await connection.query("COMMIT", logger: self.logger)
                 return result
             } catch {
@@ -117,29 +137,45 @@ public final class FeedReader: Sendable {
     }
 
     private func snapshotInTransaction(
-        _ key: FeedKey, claims: String, chunkRows: Int, chunkBytes: Int, on connection: PostgresConnection,
-        onStart: @Sendable (Int64) async throws -> Void,
-        onChunk: @Sendable ([String], Bool, Int64) async throws -> Void
-    ) async throws -> Int64? {
-        // Fixed rendering settings, the same as capture's, so snapshot rows equal live rows.
+        _ key: FeedKey, claims: [String], chunkRows: Int, chunkBytes: Int, on connection: PostgresConnection,
+        onAuthorized: @Sendable ([Bool], Int64) async throws -> Bool,
+        onChunk: @Sendable ([String], Bool, Int64) async throws -> Bool
+    ) async throws -> Int64 {
+        // Fixed rendering settings, the same as capture's, so snapshot rows equal live rows; and
+        // the claims the rows are read under.
         try await connection.query("""
             SELECT set_config('TimeZone', 'UTC', true), set_config('DateStyle', 'ISO, YMD', true),
-                   set_config('extra_float_digits', '3', true), set_config('IntervalStyle', 'iso_8601', true)
+                   set_config('extra_float_digits', '3', true), set_config('IntervalStyle', 'iso_8601', true),
+                   set_config('request.jwt.claims', \(claims[0]), true)
             """, logger: logger)
-        guard try await authorize(key, claims: claims, on: connection) else { return nil }
+        // Policies, position and the row query's text in one round trip.
+        let checks: PostgresRowSequence
+        switch key {
+        case .collection(let name, _, _):
+            checks = try await connection.query("""
+                SELECT syncline.authorize_many(\(name), \(key.filterJSON)::jsonb, NULL, \(claims)::text[]),
+                       syncline.head(), syncline.snapshot_query(\(name), \(key.filterJSON)::jsonb)
+                """, logger: logger)
+        case .topic(let topic):
+            checks = try await connection.query("""
+                SELECT syncline.authorize_many(NULL, '{}'::jsonb, \(topic), \(claims)::text[]), syncline.head(), NULL::text
+                """, logger: logger)
+        }
+        var allowed: [Bool] = []
         var position: Int64 = 0
-        for try await head in try await connection.query("SELECT syncline.head()", logger: logger).decode(Int64.self) {
+        var sql: String?
+        for try await (ok, head, query) in checks.decode(([Bool], Int64, String?).self) {
+            allowed = ok
             position = head
+            sql = query
         }
-        try await onStart(position)
-        guard case .collection(let name, _, _) = key else {
-            try await onChunk([], true, position)
+        guard allowed.count == claims.count else {
+            throw SynclinePostgresError(.migration, "syncline.authorize_many answered \(allowed.count) of \(claims.count) checks")
+        }
+        guard try await onAuthorized(allowed, position), allowed.contains(true) else { return position }
+        guard let sql else {
+            _ = try await onChunk([], true, position)
             return position
-        }
-        var sql = ""
-        for try await text in try await connection.query(
-            "SELECT syncline.snapshot_query(\(name), \(key.filterJSON)::jsonb)", logger: logger).decode(String.self) {
-            sql = text
         }
         var bindings = PostgresBindings()
         bindings.append(key.filterJSON)
@@ -152,12 +188,12 @@ public final class FeedReader: Sendable {
             chunk.append(row)
             bytes += row.utf8.count
             if chunk.count >= chunkRows || bytes >= chunkBytes {
-                try await onChunk(chunk, false, position)
+                guard try await onChunk(chunk, false, position) else { return position }
                 chunk.removeAll(keepingCapacity: true)
                 bytes = 0
             }
         }
-        try await onChunk(chunk, true, position)
+        _ = try await onChunk(chunk, true, position)
         return position
     }
 

@@ -15,7 +15,18 @@ public enum ServerMessage {
 
     /// `rows` are JSON object texts as Postgres rendered them; they are spliced, not re-encoded.
     public static func snapshot(sub: String, rows: [String], done: Bool, cursor: Cursor) -> String {
-        var out = "{\"type\":\"snapshot\",\"sub\":\(JSONValue.quoted(sub)),\"cursor\":\"\(cursor)\",\"done\":\(done),\"rows\":["
+        snapshotPrefix(sub: sub) + snapshotBody(rows: rows, done: done, cursor: cursor)
+    }
+
+    /// `{"type":"snapshot","sub":"<id>",`: the per-subscriber start of a `snapshot`; a shared
+    /// snapshot writes it before one `snapshotBody` encoded for all of its sharers.
+    public static func snapshotPrefix(sub: String) -> String {
+        "{\"type\":\"snapshot\",\"sub\":\(JSONValue.quoted(sub)),"
+    }
+
+    /// The rest of a `snapshot` after `snapshotPrefix`: the same for every subscriber of a read.
+    public static func snapshotBody(rows: [String], done: Bool, cursor: Cursor) -> String {
+        var out = "\"cursor\":\"\(cursor)\",\"done\":\(done),\"rows\":["
         for (i, row) in rows.enumerated() {
             if i > 0 { out += "," }
             out += row

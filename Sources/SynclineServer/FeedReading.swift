@@ -19,14 +19,15 @@ protocol FeedReading: Sendable {
     /// Whether the claims (JSON text) may read the feed.
     func authorize(_ key: FeedKey, claims: String) async throws -> Bool
 
-    /// Streams a snapshot at one position P: `onStart(P)` before the first chunk, then
-    /// `onChunk(rows, done, P)` (the last with `done`); returns P, or nil when the claims may not
-    /// read the feed (then nothing was streamed).
-    func snapshot(
-        _ key: FeedKey, claims: String, chunkRows: Int, chunkBytes: Int,
-        onStart: @Sendable (Int64) async throws -> Void,
-        onChunk: @Sendable ([String], Bool, Int64) async throws -> Void
-    ) async throws -> Int64?
+    /// Streams one snapshot read at one position P for several subscribers (a shared snapshot,
+    /// ADR 0008): `onAuthorized(allowed, P)` with each of `claims` checked, before the first chunk;
+    /// then `onChunk(rows, done, P)` (the last with `done`) unless nobody may read it. Either
+    /// returning false stops the read. Returns P.
+    func sharedSnapshot(
+        _ key: FeedKey, claims: [String], chunkRows: Int, chunkBytes: Int,
+        onAuthorized: @Sendable ([Bool], Int64) async throws -> Bool,
+        onChunk: @Sendable ([String], Bool, Int64) async throws -> Bool
+    ) async throws -> Int64
 
     /// Change-log records in (`after`, `through`] within `scope`, at most `limit`, with the prune
     /// horizon read at the same time.

@@ -44,8 +44,16 @@ public struct ServerConfiguration: Sendable {
     /// Snapshot chunking.
     public var snapshotChunkRows = 500
     public var snapshotChunkBytes = 256 << 10
-    /// Concurrent snapshot/catch-up reads (the size of their connection pool).
+    /// Concurrent snapshot/catch-up reads (the size of their connection pool); also the number of
+    /// shared snapshot reads in flight at once.
     public var snapshotConcurrency = 4
+    /// Shared snapshots: subscribes to one feed under the same claims (but for `exp`/`iat`/`nbf`/
+    /// `jti`) that arrive within this window share one snapshot read (0: no wait; subscribes that
+    /// queue behind busy reads still share).
+    public var snapshotShareWindowMilliseconds = 10
+    /// A sharer whose snapshot chunk has not reached its socket after this long is closed with
+    /// 4008, so that one slow reader cannot hold up the others of its read.
+    public var snapshotShareStallMilliseconds = 10_000
     /// Recent changes kept in memory to serve catch-ups without reading Postgres.
     public var ringCapacity = 20_000
     /// Change-log records read per page when cursors older than the ring catch up (one scan per

@@ -51,20 +51,6 @@ extension SyncConnection {
         webSocket.sendText(text)
     }
 
-    /// Writes a subscriber's own message (`subscribed`, a snapshot chunk) unless it has ended
-    /// meanwhile: after `unsubscribed`, nothing more is sent for it. The future completes when it
-    /// was written to the socket.
-    func writeTextAndFlush(_ text: String, for subscriber: Subscriber, run: UInt32) -> EventLoopFuture<Void> {
-        guard !closing, subscribers[subscriber.id] === subscriber,
-              subscriber.machine.state == .snapshotting, subscriber.machine.run == run else {
-            return eventLoop.makeFailedFuture(Abandoned())
-        }
-        let written = eventLoop.makePromise(of: Void.self)
-        webSocket.sendText(text, promise: written)
-        webSocket.flush()
-        return written.futureResult
-    }
-
     /// Called by the fan-out at the end of a batch.
     func fanoutFlush() {
         queuedForFlush = false
@@ -74,14 +60,5 @@ extension SyncConnection {
     /// Flushes what was sent outside a read or a batch (answers from tasks hopping back to the loop).
     func flushIfNeeded() {
         webSocket.flush()
-    }
-}
-
-extension NIOLoopBound where Value == SyncConnection {
-    /// Writes one text frame from a background task and waits until it is flushed to the socket,
-    /// so snapshots are paced by the client's reading speed.
-    func writeAndFlush(_ text: String, for subscriber: NIOLoopBound<Subscriber>, run: UInt32, on loop: any EventLoop) async throws {
-        let bound = self
-        try await loop.flatSubmit { bound.value.writeTextAndFlush(text, for: subscriber.value, run: run) }.get()
     }
 }

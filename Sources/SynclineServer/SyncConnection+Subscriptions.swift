@@ -94,53 +94,6 @@ extension SyncConnection {
         flushIfNeeded()
     }
 
-    /// Streams a snapshot for the machine's run `run`, then reports `snapshotDone`.
-    func runSnapshot(_ subscriber: Subscriber, mode: ServerMessage.SubscribeMode, run: UInt32) {
-        guard let identity else { return }
-        let environment = self.environment
-        let bound = self.bound
-        let loop = context.eventLoop
-        let id = subscriber.id
-        let key = subscriber.key
-        let epoch = environment.hub.epoch
-        subscriber.task?.cancel()
-        let boundSubscriber = NIOLoopBound(subscriber, eventLoop: loop)
-        subscriber.task = Task {
-            do {
-                let position = try await environment.reader.snapshot(
-                    key, claims: identity.claims,
-                    chunkRows: environment.configuration.snapshotChunkRows,
-                    chunkBytes: environment.configuration.snapshotChunkBytes,
-                    onStart: { position in
-                        try await bound.writeAndFlush(ServerMessage.subscribed(id: id, mode: mode, cursor: Cursor(epoch: epoch, position: position)),
-                                                      for: boundSubscriber, run: run, on: loop)
-                    },
-                    onChunk: { rows, done, position in
-                        try await bound.writeAndFlush(ServerMessage.snapshot(sub: id, rows: rows, done: done, cursor: Cursor(epoch: epoch, position: position)),
-                                                      for: boundSubscriber, run: run, on: loop)
-                    })
-                try Task.checkCancellation()
-                loop.execute {
-                    let connection = bound.value
-                    let subscriber = boundSubscriber.value
-                    guard connection.owns(subscriber) else { return }
-                    connection.carryOut(subscriber.machine.snapshotDone(run: run, position: position, loop: connection.fanout.position),
-                                        for: subscriber)
-                    connection.flushIfNeeded()  // the live marker, when the feed went live at once
-                }
-            } catch {
-                if Task.isCancelled || error is Abandoned { return }
-                let (code, message, retry) = SyncConnection.describe(error, logger: environment.logger)
-                loop.execute {
-                    let connection = bound.value
-                    let subscriber = boundSubscriber.value
-                    guard connection.owns(subscriber), subscriber.machine.run == run else { return }
-                    connection.endSubscription(subscriber, code: code, message: message, retryAfterMS: retry)
-                }
-            }
-        }
-    }
-
     /// Carries out what a subscription's machine decided. `body` is what the event brought for
     /// this subscriber (a catch-up page or the ring pass's encoding), written by `send` and
     /// `goLive`; `promise` completes when a `send` reached the socket.
@@ -151,7 +104,7 @@ extension SyncConnection {
         for action in actions {
             switch action {
             case .startSnapshot(let run, let reset):
-                runSnapshot(subscriber, mode: reset ? .reset : .snapshot, run: run)
+                requestSnapshot(subscriber, mode: reset ? .reset : .snapshot, run: run)
             case .sendResumed(let cursor):
                 sendText(ServerMessage.subscribed(id: subscriber.id, mode: .resume, cursor: Cursor(epoch: environment.hub.epoch, position: cursor)))
             case .requestRingCatchUp:
@@ -169,7 +122,7 @@ extension SyncConnection {
                 guard !closing else { return }
                 logger.info("restarting feed", metadata: ["sub": "\(subscriber.id)", "reason": "\(reason.message)"])
                 fanout.remove(subscriber)
-                runSnapshot(subscriber, mode: .reset, run: run)
+                requestSnapshot(subscriber, mode: .reset, run: run)
             case .end(let reason):
                 drop(subscriber)
                 // A snapshot the claims may not read: the subscription ends with `forbidden`.

@@ -16,6 +16,8 @@ final class SyncEnvironment: Sendable {
     let clients: any ClientRegistering
     let mutations: any MutationSubmitting
     let authenticator: Authenticator
+    /// Shared snapshot reads (ADR 0008).
+    let snapshots: SnapshotCoordinator
     let logger: Logger
     let connections = NIOLockedValueBox(0)
     let connectionsGauge = Gauge(label: "syncline_connections")
@@ -31,6 +33,7 @@ final class SyncEnvironment: Sendable {
         self.mutations = mutations
         self.authenticator = authenticator
         self.logger = logger
+        self.snapshots = SnapshotCoordinator(reader: reader, epoch: hub.epoch, configuration: configuration, logger: logger)
     }
 
     /// Takes a connection slot; false when the limit is reached.

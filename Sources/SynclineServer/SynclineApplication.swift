@@ -36,6 +36,9 @@ public final class SynclineApplication: Sendable {
     public let hub: Hub
     private let logger: Logger
 
+    /// Shared snapshot reads so far (also the `syncline_snapshot_*` metrics).
+    public var snapshotReads: SnapshotReadStats { server.environment.snapshots.stats }
+
     /// Prepares everything that must exist before serving: the cluster, migrations, the demo
     /// schema, the cursor epoch and the position the tail starts from.
     public static func prepare(_ options: Options, logger: Logger) async throws -> SynclineApplication {

@@ -14,7 +14,7 @@ import SynclineProtocol
 final class SynclineServer: Service, Sendable {
     static let serverName = "syncline/0.1.0"
 
-    private let environment: SyncEnvironment
+    let environment: SyncEnvironment
     private let group: any EventLoopGroup
     private let assets: StaticAssets
     private let boundPort: EventLoopPromise<Int>

@@ -110,6 +110,14 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("snapshot-concurrency"), help: "Concurrent snapshot and catch-up reads.")
     var snapshotConcurrency = 4
 
+    @Option(name: .customLong("snapshot-share-window-ms"),
+            help: "Subscribes to one feed (same claims) arriving within this window share one snapshot read (0: no wait).")
+    var snapshotShareWindowMS = 10
+
+    @Option(name: .customLong("snapshot-share-stall-ms"),
+            help: "A shared snapshot's reader whose chunk has not reached its socket after this long is closed with 4008.")
+    var snapshotShareStallMS = 10_000
+
     @Option(name: .customLong("ring-capacity"), help: "Recent changes kept in memory for catch-ups.")
     var ringCapacity = 20_000
 
@@ -182,7 +190,14 @@ struct Serve: AsyncParsableCommand {
         server.maximumSubscriptionsPerConnection = maxSubscriptions
         server.maximumMessagesPerSecond = maxMessagesPerSecond
         server.heartbeatMilliseconds = heartbeatMS
+        guard snapshotConcurrency >= 1 else { throw ValidationError("--snapshot-concurrency must be at least 1") }
         server.snapshotConcurrency = snapshotConcurrency
+        guard (0...10_000).contains(snapshotShareWindowMS) else {
+            throw ValidationError("--snapshot-share-window-ms must be 0 ... 10000")
+        }
+        server.snapshotShareWindowMilliseconds = snapshotShareWindowMS
+        guard snapshotShareStallMS >= 1 else { throw ValidationError("--snapshot-share-stall-ms must be at least 1") }
+        server.snapshotShareStallMilliseconds = snapshotShareStallMS
         server.ringCapacity = ringCapacity
         guard catchUpPageRecords >= 1 else { throw ValidationError("--catch-up-page-records must be at least 1") }
         server.catchUpPageRecords = catchUpPageRecords

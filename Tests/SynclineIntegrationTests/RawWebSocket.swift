@@ -30,10 +30,16 @@ final class RawWebSocket: Sendable {
         self.responseHead = responseHead
     }
 
+    /// `receiveBuffer`: SO_RCVBUF (fixed, so the kernel cannot grow it), for a client meant to
+    /// back the server's writes up quickly.
     static func connect(port: Int, path: String = "/v1/sync", extensions: String? = nil,
-                        subprotocol: String? = synclineSubprotocol) async throws -> RawWebSocket {
+                        subprotocol: String? = synclineSubprotocol, receiveBuffer: Int? = nil) async throws -> RawWebSocket {
         let received = NIOLockedValueBox(ByteBuffer())
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        var bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        if let receiveBuffer {
+            bootstrap = bootstrap.channelOption(ChannelOptions.socketOption(.so_rcvbuf), value: SocketOptionValue(receiveBuffer))
+        }
+        let channel = try await bootstrap
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(Collector(received: received))
@@ -107,6 +113,13 @@ final class RawWebSocket: Sendable {
     }
 
     var isClosed: Bool { !channel.isActive }
+
+    /// Stops (or resumes) reading from the socket: the server's writes back up as behind a client
+    /// that does not read.
+    func setReading(_ reading: Bool) async throws {
+        try await channel.setOption(ChannelOptions.autoRead, value: reading).get()
+        if reading { channel.read() }
+    }
 
     func close() async {
         try? await channel.close()

@@ -33,6 +33,8 @@ final class ConnectionHarness: Sendable {
     init(head: Int64 = 5, configure: (inout ServerConfiguration) -> Void = { _ in }) async throws {
         var configuration = ServerConfiguration()
         configuration.jwtSecret = Self.secret
+        // Shared snapshots read at once: a window would be a timer on the virtual clock.
+        configuration.snapshotShareWindowMilliseconds = 0
         configure(&configuration)
         var logger = Logger(label: "syncline.unit")
         logger.logLevel = .critical

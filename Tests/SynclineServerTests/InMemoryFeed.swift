@@ -29,7 +29,7 @@ final class InMemoryFeed: FeedReading {
         state = NIOLockedValueBox(State(head: head))
     }
 
-    /// The next snapshot stops after `onStart` (its `subscribed` is out) until `release()`.
+    /// The next snapshot stops after `onAuthorized` (its `subscribed` is out) until `release()`.
     func holdNextSnapshot() -> SnapshotHold {
         let hold = SnapshotHold()
         state.withLockedValue { $0.hold = hold }
@@ -51,17 +51,16 @@ final class InMemoryFeed: FeedReading {
         state.withLockedValue { !$0.forbidden.contains(key) }
     }
 
-    func snapshot(
-        _ key: FeedKey, claims: String, chunkRows: Int, chunkBytes: Int,
-        onStart: @Sendable (Int64) async throws -> Void,
-        onChunk: @Sendable ([String], Bool, Int64) async throws -> Void
-    ) async throws -> Int64? {
+    func sharedSnapshot(
+        _ key: FeedKey, claims: [String], chunkRows: Int, chunkBytes: Int,
+        onAuthorized: @Sendable ([Bool], Int64) async throws -> Bool,
+        onChunk: @Sendable ([String], Bool, Int64) async throws -> Bool
+    ) async throws -> Int64 {
         let (position, rows, forbidden, hold) = state.withLockedValue { s in
             defer { s.hold = nil }
             return (s.head, s.rows[key] ?? [], s.forbidden.contains(key), s.hold)
         }
-        guard !forbidden else { return nil }
-        try await onStart(position)
+        guard try await onAuthorized(claims.map { _ in !forbidden }, position), !forbidden else { return position }
         if let hold {
             hold.started(at: position)
             await hold.waitForRelease()
@@ -69,7 +68,7 @@ final class InMemoryFeed: FeedReading {
         var start = 0
         repeat {
             let end = min(rows.count, start + max(chunkRows, 1))
-            try await onChunk(Array(rows[start..<end]), end == rows.count, position)
+            guard try await onChunk(Array(rows[start..<end]), end == rows.count, position) else { return position }
             start = end
         } while start < rows.count
         return position
