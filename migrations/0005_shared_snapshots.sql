@@ -1,4 +1,4 @@
--- Shared snapshots (docs/adr/0007-shared-snapshots.md): one snapshot read serves every subscriber
+-- Shared snapshots (docs/adr/0008-shared-snapshots.md): one snapshot read serves every subscriber
 -- of a feed that asked within a short window, but each one's policy is still run with its own
 -- claims, at the read's position, in the read's transaction. One call checks them all, so sharing
 -- costs one round trip for authorization however many share.

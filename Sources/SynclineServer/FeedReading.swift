@@ -20,7 +20,7 @@ protocol FeedReading: Sendable {
     func authorize(_ key: FeedKey, claims: String) async throws -> Bool
 
     /// Streams one snapshot read at one position P for several subscribers (a shared snapshot,
-    /// ADR 0007): `onAuthorized(allowed, P)` with each of `claims` checked, before the first chunk;
+    /// ADR 0008): `onAuthorized(allowed, P)` with each of `claims` checked, before the first chunk;
     /// then `onChunk(rows, done, P)` (the last with `done`) unless nobody may read it. Either
     /// returning false stops the read. Returns P.
     func sharedSnapshot(

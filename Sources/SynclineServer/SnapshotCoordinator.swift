@@ -30,7 +30,7 @@ public struct SnapshotReadStats: Sendable, Hashable {
     }
 }
 
-/// Shared snapshots (ADR 0007): subscribes to one feed under the same claims (but for
+/// Shared snapshots (ADR 0008): subscribes to one feed under the same claims (but for
 /// `exp`/`iat`/`nbf`/`jti`) that arrive within `window` share one snapshot read at one position,
 /// whose chunks are encoded once and written to each sharer. Every sharer's policy is checked with
 /// its own claims in the read's transaction; refused ones end with `forbidden`. Reads run at most

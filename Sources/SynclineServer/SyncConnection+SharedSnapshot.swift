@@ -28,11 +28,7 @@ extension SyncConnection {
             return eventLoop.makeFailedFuture(Abandoned())
         }
         let promise = eventLoop.makePromise(of: Void.self)
-        if let prefix {
-            webSocket.sendText(prefix: prefix, body: body, promise: promise)
-        } else {
-            webSocket.sendMessage(body, promise: promise)
-        }
+        webSocket.sendText(prefix: prefix ?? ByteBuffer(), body: body, promise: promise)
         webSocket.flush()
         return promise.futureResult
     }

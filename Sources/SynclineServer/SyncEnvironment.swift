@@ -16,7 +16,7 @@ final class SyncEnvironment: Sendable {
     let clients: any ClientRegistering
     let mutations: any MutationSubmitting
     let authenticator: Authenticator
-    /// Shared snapshot reads (ADR 0007).
+    /// Shared snapshot reads (ADR 0008).
     let snapshots: SnapshotCoordinator
     let logger: Logger
     let connections = NIOLockedValueBox(0)

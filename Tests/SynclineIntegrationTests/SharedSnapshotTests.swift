@@ -4,7 +4,7 @@ import SynclineProtocol
 import SynclineServer
 import Testing
 
-/// Shared snapshots (ADR 0007) end to end: real Postgres, real server, real WebSocket clients.
+/// Shared snapshots (ADR 0008) end to end: real Postgres, real server, real WebSocket clients.
 @Suite("Shared snapshots")
 struct SharedSnapshotTests {
     static func subscribe(_ account: String, id: String = "t") -> String {
