@@ -74,7 +74,7 @@ struct BadInputTests {
                                   code: "duplicate_id", ref: .string("good"))
 
             // Nothing was written, the tables are intact, and both connections still work.
-            let count = try server.database.psql("SELECT count(*) FROM accounts").trimmingCharacters(in: .whitespacesAndNewlines)
+            let count = try await server.database.psql("SELECT count(*) FROM accounts").trimmingCharacters(in: .whitespacesAndNewlines)
             #expect(count == "3")
             client.send(#"{"type": "ping", "t": 42}"#)
             let pong = try await client.next("pong")

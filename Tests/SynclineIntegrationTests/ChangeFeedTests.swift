@@ -387,15 +387,15 @@ struct ChangeFeedTests {
             client.send(Self.subscribeChecking)
             var feed = FeedCollector(sub: "t")
             try await feed.collect(from: client) { $0.snapshotDone }
-            _ = try server.database.psql("INSERT INTO transactions (id, account_id, amount, memo) VALUES ('6f1c2a4e-0000-4000-8000-000000000001', 'alice-checking', 5.5, 'psql')")
+            _ = try await server.database.psql("INSERT INTO transactions (id, account_id, amount, memo) VALUES ('6f1c2a4e-0000-4000-8000-000000000001', 'alice-checking', 5.5, 'psql')")
             try await feed.collect(from: client) { $0.log.last?.0 == "insert" }
-            _ = try server.database.psql("UPDATE transactions SET memo = 'psql edit' WHERE id = '6f1c2a4e-0000-4000-8000-000000000001'")
+            _ = try await server.database.psql("UPDATE transactions SET memo = 'psql edit' WHERE id = '6f1c2a4e-0000-4000-8000-000000000001'")
             try await feed.collect(from: client) { $0.log.last?.0 == "update" }
             #expect(feed.rows[uuidKey("6f1c2a4e-0000-4000-8000-000000000001")]?["memo"] == .string("psql edit"))
-            _ = try server.database.psql("DELETE FROM transactions WHERE id = '6f1c2a4e-0000-4000-8000-000000000001'")
+            _ = try await server.database.psql("DELETE FROM transactions WHERE id = '6f1c2a4e-0000-4000-8000-000000000001'")
             try await feed.collect(from: client) { $0.log.last?.0 == "delete" }
             #expect(feed.rows.count == 1)
-            _ = try server.database.psql("TRUNCATE notifications")  // other collection: no effect on this feed
+            _ = try await server.database.psql("TRUNCATE notifications")  // other collection: no effect on this feed
             await client.close()
         }
     }
@@ -409,7 +409,7 @@ struct ChangeFeedTests {
             try await feed.collect(from: client) { $0.snapshotDone }
             try await server.database.execute("INSERT INTO notifications (user_id, body) VALUES ('alice', 'one')")
             try await feed.collect(from: client) { $0.rows.count == 1 }
-            _ = try server.database.psql("TRUNCATE notifications")
+            _ = try await server.database.psql("TRUNCATE notifications")
             try await feed.collect(from: client) { $0.modes.count == 2 && $0.snapshotDone }
             #expect(feed.modes == ["snapshot", "reset"])
             #expect(feed.rows.isEmpty)

@@ -101,8 +101,12 @@ final class ServerProcess: Sendable {
 
     var url: String { "ws://127.0.0.1:\(port)/v1/sync" }
 
-    init(database: TestDatabase? = nil) throws {
-        self.database = try database ?? TestDatabase(url: TestCluster.makeDatabase())
+    init(database: TestDatabase? = nil) async throws {
+        if let database {
+            self.database = database
+        } else {
+            self.database = TestDatabase(url: try await TestCluster.makeDatabase())
+        }
         port = try freePort()
     }
 

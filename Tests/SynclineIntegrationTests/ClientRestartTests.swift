@@ -10,8 +10,8 @@ import Testing
 @Suite("Swift client: server restarts", .serialized)
 struct ClientRestartTests {
     /// The transactions of alice-checking as Postgres has them: id → amount digits.
-    static func postgresRows(_ database: TestDatabase) throws -> [String: String] {
-        let text = try database.psql("SELECT id || ' ' || amount::text FROM transactions WHERE account_id = 'alice-checking'")
+    static func postgresRows(_ database: TestDatabase) async throws -> [String: String] {
+        let text = try await database.psql("SELECT id || ' ' || amount::text FROM transactions WHERE account_id = 'alice-checking'")
         var rows: [String: String] = [:]
         for line in text.split(separator: "\n") {
             let parts = line.split(separator: " ")
@@ -26,7 +26,7 @@ struct ClientRestartTests {
 
     @Test("resume after the server restarts (SIGTERM and SIGKILL): no gap, no duplicate, equal to Postgres", arguments: [SIGTERM, SIGKILL])
     func resumeAcrossRestart(signal: Int32) async throws {
-        let server = try ServerProcess()
+        let server = try await ServerProcess()
         try await server.start()
         let storePath = TempStorePath()
         defer { storePath.remove() }
@@ -65,7 +65,7 @@ struct ClientRestartTests {
         watcher.cancel()
         try await writer.value
 
-        let expected = try Self.postgresRows(server.database)
+        let expected = try await Self.postgresRows(server.database)
         try await eventually("the client's rows equal Postgres's") { Self.clientRows(query) == expected }
         #expect(Self.clientRows(query) == expected)
         // Each row reached the app once: inserted at most once by a change, never twice.
@@ -84,7 +84,7 @@ struct ClientRestartTests {
 
     @Test("a mutation queued while the server is down is applied exactly once after reconnect")
     func queuedWhileDown() async throws {
-        let server = try ServerProcess()
+        let server = try await ServerProcess()
         try await server.start()
         let storePath = TempStorePath()
         defer { storePath.remove() }
@@ -102,11 +102,11 @@ struct ClientRestartTests {
         try await server.start()
         let result = try await pending.result
         #expect(result["debit"]?.stringValue != nil)
-        #expect(try server.database.scalar("SELECT count(*) FROM transactions WHERE memo = 'while-down'") == "2")
+        #expect(try await server.database.scalar("SELECT count(*) FROM transactions WHERE memo = 'while-down'") == "2")
         try await eventually("the balance moved once") {
             accounts.row(forKey: ["id": "alice-checking"])?["balance"]?.decimal == before - Decimal(string: "12.34")!
         }
-        #expect(Decimal(string: try server.database.scalar("SELECT balance FROM accounts WHERE id = 'alice-checking'")) == before - Decimal(string: "12.34")!)
+        #expect(Decimal(string: try await server.database.scalar("SELECT balance FROM accounts WHERE id = 'alice-checking'")) == before - Decimal(string: "12.34")!)
         await client.close()
         try await store.close()
         try await server.stop()
@@ -125,7 +125,7 @@ struct ClientCrashTests {
 
     @Test("a client process killed with SIGKILL after queueing offline sends the transfer once when started again")
     func killedAfterQueueing() async throws {
-        let server = try ServerProcess()
+        let server = try await ServerProcess()
         let store = TempStorePath()
         defer { store.remove() }
         // The server is not up yet: the transfer can only be queued.
@@ -142,14 +142,14 @@ struct ClientCrashTests {
         try await second.waitForLine(containing: "idle")
         second.write("quit")
         try await second.waitForExit()
-        #expect(try server.database.scalar("SELECT count(*) FROM transactions WHERE memo = 'killed-offline'") == "2")
+        #expect(try await server.database.scalar("SELECT count(*) FROM transactions WHERE memo = 'killed-offline'") == "2")
         try await server.stop()
     }
 
     @Test("after an injected crash the restarted client neither loses nor doubles the mutation",
           arguments: ["before-send", "after-send", "after-ack"])
     func crashPoint(_ point: String) async throws {
-        let server = try ServerProcess()
+        let server = try await ServerProcess()
         try await server.start()
         let store = TempStorePath()
         defer { store.remove() }
@@ -161,10 +161,10 @@ struct ClientCrashTests {
         #expect(status == SIGKILL, "the client should have killed itself at \(point): \(first.lines)")
         #expect(first.lines.contains { $0.contains("crash point \(point)") })
         if point == "before-send" {
-            #expect(try server.database.scalar("SELECT count(*) FROM transactions WHERE memo = '\(memo)'") == "0")
+            #expect(try await server.database.scalar("SELECT count(*) FROM transactions WHERE memo = '\(memo)'") == "0")
         } else {
             try await eventually("the server applied the sent transfer") {
-                try server.database.scalar("SELECT count(*) FROM transactions WHERE memo = '\(memo)'") == "2"
+                try await server.database.scalar("SELECT count(*) FROM transactions WHERE memo = '\(memo)'") == "2"
             }
         }
 
@@ -172,14 +172,14 @@ struct ClientCrashTests {
         try await second.waitForLine(containing: "outcome mid=1 acked")
         second.write("quit")
         try await second.waitForExit()
-        #expect(try server.database.scalar("SELECT count(*) FROM transactions WHERE memo = '\(memo)'") == "2")
+        #expect(try await server.database.scalar("SELECT count(*) FROM transactions WHERE memo = '\(memo)'") == "2")
         try await server.stop()
     }
 }
 
 extension TestDatabase {
     /// One value from `psql`, without the trailing newline.
-    func scalar(_ sql: String) throws -> String {
-        try psql(sql).trimmingCharacters(in: .whitespacesAndNewlines)
+    func scalar(_ sql: String) async throws -> String {
+        try await psql(sql).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 }

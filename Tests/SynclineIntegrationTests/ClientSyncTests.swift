@@ -10,7 +10,7 @@ import Testing
 struct ClientSyncTests {
     @Test("an app started offline with a warm store shows its last rows at once and resumes without a snapshot")
     func offlineWarmStart() async throws {
-        let server = try ServerProcess()
+        let server = try await ServerProcess()
         try await server.start()
         let storePath = TempStorePath()
         defer { storePath.remove() }
@@ -24,7 +24,7 @@ struct ClientSyncTests {
             try await store.close()
         }
         try await server.stop()
-        _ = try server.database.psql("UPDATE accounts SET balance = balance + 1.50 WHERE id = 'alice-checking'")
+        _ = try await server.database.psql("UPDATE accounts SET balance = balance + 1.50 WHERE id = 'alice-checking'")
 
         let store = try await SQLiteClientStore(path: storePath.path)
         let client = makeClient(url: server.url, store: store, cap: .seconds(1))
@@ -35,7 +35,7 @@ struct ClientSyncTests {
         #expect(client.status.state != .live)
         let recorder = QueryRecorder(accounts)
         try await server.start()
-        let fresh = try server.database.scalar("SELECT balance FROM accounts WHERE id = 'alice-checking'")
+        let fresh = try await server.database.scalar("SELECT balance FROM accounts WHERE id = 'alice-checking'")
         try await eventually("the update made while offline") { accounts.row(forKey: ["id": "alice-checking"])?["balance"]?.numberText == fresh }
         try await eventually("live") { client.status.state == .live }
         #expect(stale != fresh)
@@ -61,7 +61,7 @@ struct ClientSyncTests {
             for n in 0..<3 {
                 try await server.database.execute("INSERT INTO transactions (account_id, amount, memo) VALUES ('alice-checking', \(n), 'pruned-away')")
             }
-            _ = try server.database.psql("DELETE FROM transactions WHERE memo = 'opening balance' AND account_id = 'alice-checking'")
+            _ = try await server.database.psql("DELETE FROM transactions WHERE memo = 'opening balance' AND account_id = 'alice-checking'")
             try await server.database.execute("SELECT syncline.prune(keep_count => 0)")
 
             let client = makeClient(url: server.url, store: store)
@@ -69,7 +69,7 @@ struct ClientSyncTests {
             let recorder = QueryRecorder(query)
             try await eventually("live") { client.status.state == .live }
             try await eventually("the reset") { recorder.kinds.contains("reset") }
-            let expected = Set(try server.database.psql("SELECT id FROM transactions WHERE account_id = 'alice-checking'")
+            let expected = Set(try await server.database.psql("SELECT id FROM transactions WHERE account_id = 'alice-checking'")
                 .split(separator: "\n").map(String.init))
             #expect(Set(query.rows.compactMap { $0["id"]?.stringValue }) == expected)
             #expect(expected.count == 3)
@@ -101,7 +101,7 @@ struct ClientSyncTests {
             _ = try await pending.result
             try await eventually("confirmed") { !accounts.isPending(key: key) }
             #expect(accounts.row(forKey: key)?["balance"] == expected)
-            #expect(try server.database.psql("SELECT balance FROM accounts WHERE id = 'alice-checking'").trimmingCharacters(in: .whitespacesAndNewlines) == expected.numberText)
+            #expect(try await server.database.psql("SELECT balance FROM accounts WHERE id = 'alice-checking'").trimmingCharacters(in: .whitespacesAndNewlines) == expected.numberText)
             // Every value the app was shown: the old balance, then the new one; never the effect twice.
             var shown: [String] = []
             for event in recorder.events.withLockedValue({ $0 }) {
@@ -148,7 +148,7 @@ struct ClientSyncTests {
                 return
             }
             #expect(expired.mid == 1)
-            #expect(try server.database.psql("SELECT count(*) FROM transactions WHERE memo = 'expired'").trimmingCharacters(in: .whitespacesAndNewlines) == "2")
+            #expect(try await server.database.psql("SELECT count(*) FROM transactions WHERE memo = 'expired'").trimmingCharacters(in: .whitespacesAndNewlines) == "2")
             try await eventually("nothing pending") { client.status.pending == 0 }
             #expect(try await store.load().mutations.isEmpty)
             await client.close()
@@ -197,7 +197,7 @@ struct ClientSyncTests {
             latencies.sort()
             func ms(_ d: Duration) -> String { String(format: "%.2f ms", Double(d.components.attoseconds) / 1e15 + Double(d.components.seconds) * 1000) }
             print("measured: enqueue (durable, SQLite WAL synchronous=FULL) over 300 with the connection live: p50 \(ms(latencies[150])) p99 \(ms(latencies[296])) max \(ms(latencies[299]))")
-            #expect(try server.database.psql("SELECT count(*) FROM transactions WHERE memo LIKE 'bench-%'").trimmingCharacters(in: .whitespacesAndNewlines) == "600")
+            #expect(try await server.database.psql("SELECT count(*) FROM transactions WHERE memo LIKE 'bench-%'").trimmingCharacters(in: .whitespacesAndNewlines) == "600")
             _ = accounts
             await client.close()
             try await store.close()

@@ -16,7 +16,7 @@ struct ClientTailTests {
 
     @Test("rows inserted with psql appear as JSON lines; --after resumes exactly; --follow keeps going; --cursor-file")
     func tailResumesExactly() async throws {
-        let server = try ServerProcess()
+        let server = try await ServerProcess()
         try await server.start()
         // Without --after: the snapshot's rows, then {"cursor": …} once caught up, and exit.
         let first = try Self.tail(server, [])
@@ -28,9 +28,9 @@ struct ClientTailTests {
         #expect(snapshot.first?["row"]?["amount"]?.numberText == "1250.00")
         let cursor = try #require(firstLines.last?["cursor"]?.stringValue)
 
-        _ = try server.database.psql("INSERT INTO transactions (account_id, amount, memo) VALUES ('alice-checking', 1.10, 'tail-1'), ('alice-checking', -2.20, 'tail-2')")
-        _ = try server.database.psql("INSERT INTO transactions (account_id, amount, memo) VALUES ('bob-checking', 3, 'not-mine')")
-        _ = try server.database.psql("INSERT INTO transactions (account_id, amount, memo) VALUES ('alice-checking', 3.30, 'tail-3')")
+        _ = try await server.database.psql("INSERT INTO transactions (account_id, amount, memo) VALUES ('alice-checking', 1.10, 'tail-1'), ('alice-checking', -2.20, 'tail-2')")
+        _ = try await server.database.psql("INSERT INTO transactions (account_id, amount, memo) VALUES ('bob-checking', 3, 'not-mine')")
+        _ = try await server.database.psql("INSERT INTO transactions (account_id, amount, memo) VALUES ('alice-checking', 3.30, 'tail-3')")
 
         // --after: exactly the rows committed since, in commit order, digits kept. "Caught up" is
         // relative to the server's change tail, which may see the last commit a moment later, so
@@ -60,7 +60,7 @@ struct ClientTailTests {
         try (next + "\n").write(toFile: cursorFile, atomically: true, encoding: .utf8)
         let follower = try Self.tail(server, ["--follow", "--cursor-file", cursorFile])
         try await Task.sleep(for: .milliseconds(800))
-        _ = try server.database.psql("INSERT INTO transactions (account_id, amount, memo) VALUES ('alice-checking', 4.40, 'tail-4')")
+        _ = try await server.database.psql("INSERT INTO transactions (account_id, amount, memo) VALUES ('alice-checking', 4.40, 'tail-4')")
         let line = try await follower.waitForLine(containing: "tail-4")
         let change = try JSONParser.parse(line)
         #expect(change["op"] == "insert")
@@ -71,7 +71,7 @@ struct ClientTailTests {
         // It keeps going across a server restart.
         try await server.stop(SIGKILL)
         try await server.start()
-        _ = try server.database.psql("INSERT INTO transactions (account_id, amount, memo) VALUES ('alice-checking', 5.50, 'tail-5')")
+        _ = try await server.database.psql("INSERT INTO transactions (account_id, amount, memo) VALUES ('alice-checking', 5.50, 'tail-5')")
         let five = try JSONParser.parse(try await follower.waitForLine(containing: "tail-5"))
         #expect(follower.lines.filter { $0.contains("tail-4") }.count == 1)
         // The file is rewritten right after the line is printed; stop once it holds tail-5's cursor.

@@ -39,7 +39,7 @@ struct DevelopmentClusterTests {
             let url = try String(contentsOfFile: directory + "/postgres.url", encoding: .utf8)
             #expect(url == cluster.url + "\n")
             let database = TestDatabase(url: cluster.url)
-            _ = try database.psql("CREATE TABLE kept (n int); INSERT INTO kept VALUES (42)")
+            _ = try database.psqlWaiting("CREATE TABLE kept (n int); INSERT INTO kept VALUES (42)")
         } catch {
             cluster.stop(logger: TestCluster.logger)
             throw error
@@ -51,7 +51,7 @@ struct DevelopmentClusterTests {
         homes.insert(cluster.home)
         defer { cluster.stop(logger: TestCluster.logger) }
         #expect(homes.count == 1)
-        #expect(try TestDatabase(url: cluster.url).psql("SELECT n FROM kept") == "42\n")
+        #expect(try TestDatabase(url: cluster.url).psqlWaiting("SELECT n FROM kept") == "42\n")
     }
 
     @Test("a folder the postgres user can reach holds the cluster itself")

@@ -6,8 +6,8 @@ import Testing
 /// once and reconnects; a batch caught in flight is re-run, answered from the outcome table.
 @Suite("Mutation lanes reconnect")
 struct LaneReconnectTests {
-    static func terminateLanes(_ server: TestServer) throws -> Int {
-        Int(try server.database.value("""
+    static func terminateLanes(_ server: TestServer) async throws -> Int {
+        Int(try await server.database.value("""
             SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
             WHERE application_name = 'syncline-mutations' AND datname = current_database()) t
             """)) ?? 0
@@ -23,13 +23,13 @@ struct LaneReconnectTests {
                 client.send(MutationTests.transfer(1, amount: "0.01"))
                 #expect(try await MutationTests.answer(client)["type"] == .string("ack"))
             }
-            let killed = try Self.terminateLanes(server)
+            let killed = try await Self.terminateLanes(server)
             #expect(killed >= 1)
             // Measured, not asserted: how long until the lanes hold new backends again.
             let killedAt = ContinuousClock.now
             var back = false
             while !back, ContinuousClock.now - killedAt < .seconds(5) {
-                back = try server.database.value("""
+                back = try await server.database.value("""
                     SELECT count(*) FROM pg_stat_activity
                     WHERE application_name = 'syncline-mutations' AND datname = current_database() AND state = 'idle'
                     """) == String(killed)
@@ -51,7 +51,7 @@ struct LaneReconnectTests {
             print("lane-reconnect: \(acked) of 200 acked after the kill; others: \(other.prefix(3))")
             #expect(acked == 200)
             #expect(other.isEmpty)
-            #expect(try server.database.value("SELECT count(*) FROM syncline.outcomes WHERE acked") == "220")
+            #expect(try await server.database.value("SELECT count(*) FROM syncline.outcomes WHERE acked") == "220")
             for client in clients { await client.close() }
         }
     }
@@ -59,16 +59,16 @@ struct LaneReconnectTests {
     @Test("a lane's backend terminated with a batch in flight: every mutation answered once, applied once")
     func inFlightBatch() async throws {
         try await TestServer.with(configure: { $0.server.mutations.lanes = 1 }) { server in
-            try MutationTests.installSleeper(server)
+            try await MutationTests.installSleeper(server)
             let alice = try await TestClient.open(server, sub: "alice")
             let bob = try await TestClient.open(server, sub: "bob")
             let blocker = try await TestClient.open(server, sub: "alice")
-            let transactionsBefore = Int(try server.database.value("SELECT count(*) FROM transactions")) ?? -1
+            let transactionsBefore = Int(try await server.database.value("SELECT count(*) FROM transactions")) ?? -1
             blocker.send(MutationTests.mutate(1, "test_sleep", "{\"s\":1}"))
             try await MutationTests.waitForSleeper(server)
             alice.send(MutationTests.transfer(1, amount: "50"))
             bob.send(MutationTests.transfer(1, from: "bob-checking", to: "alice-checking", amount: "5"))
-            #expect(try Self.terminateLanes(server) == 1)
+            #expect(try await Self.terminateLanes(server) == 1)
             // Each mid answered exactly once; an `unavailable` is resent and must not apply twice.
             for (client, count) in [(blocker, 1), (alice, 1), (bob, 1)] {
                 for _ in 0..<count {
@@ -90,8 +90,8 @@ struct LaneReconnectTests {
                 #expect(!extra.contains { ["ack", "reject", "error"].contains($0["type"]?.stringValue ?? "") })
             }
             // Applied once each: three outcomes, and the two transfers moved their money once.
-            #expect(try server.database.value("SELECT count(*) FROM syncline.outcomes WHERE acked") == "3")
-            #expect(try server.database.value("SELECT count(*) FROM transactions") == String(transactionsBefore + 4))
+            #expect(try await server.database.value("SELECT count(*) FROM syncline.outcomes WHERE acked") == "3")
+            #expect(try await server.database.value("SELECT count(*) FROM transactions") == String(transactionsBefore + 4))
             for client in [alice, bob, blocker] { await client.close() }
         }
     }

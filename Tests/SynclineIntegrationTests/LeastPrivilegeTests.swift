@@ -17,13 +17,13 @@ struct LeastPrivilegeTests {
         let owner: String
         let runtime: String
 
-        init() throws {
-            superuser = try TestDatabase(url: TestCluster.makeDatabase())
+        init() async throws {
+            superuser = try await TestDatabase(url: TestCluster.makeDatabase())
             let tag = UUID().uuidString.prefix(8).lowercased()
             owner = "owner_\(tag)"
             runtime = "runtime_\(tag)"
             let database = try PostgresSettings(url: superuser.url).database
-            _ = try superuser.psql("""
+            _ = try await superuser.psql("""
                 CREATE ROLE \(owner) LOGIN CREATEROLE;
                 CREATE ROLE \(runtime) LOGIN;
                 ALTER DATABASE \(database) OWNER TO \(owner);
@@ -64,7 +64,7 @@ struct LeastPrivilegeTests {
 
     @Test("with --database-url, serve runs no DDL: a schema that is behind is refused with 'run syncline migrate'")
     func refusesSchemaBehind() async throws {
-        let database = try TestDatabase(url: TestCluster.makeDatabase())
+        let database = try await TestDatabase(url: TestCluster.makeDatabase())
         var options = SynclineApplication.Options(migrationsDirectory: repositoryRoot + "/migrations")
         options.databaseURL = database.url
         options.server.insecureDevAuth = true
@@ -78,7 +78,7 @@ struct LeastPrivilegeTests {
             #expect(error.message.contains("0001_syncline_core.sql"))
         }
         // Nothing was created: no schema, no table, no role grant.
-        #expect(try database.psql("SELECT to_regnamespace('syncline') IS NULL") == "t\n")
+        #expect(try await database.psql("SELECT to_regnamespace('syncline') IS NULL") == "t\n")
 
         // Migrated up to 0003 only (an older binary's migrate): refused, naming what is missing.
         let older = NSTemporaryDirectory() + "syncline-migrations-\(UUID().uuidString)"
@@ -97,7 +97,7 @@ struct LeastPrivilegeTests {
             #expect(error.code == .notMigrated)
             #expect(error.message.contains("migration(s) not applied (0004_least_privilege.sql"), "\(error.message)")
         }
-        #expect(try database.psql("SELECT count(*) FROM syncline.schema_migrations") == "\(before.count)\n")
+        #expect(try await database.psql("SELECT count(*) FROM syncline.schema_migrations") == "\(before.count)\n")
 
         // After migrate, it starts.
         _ = try await Self.migrate(database.url)
@@ -110,12 +110,12 @@ struct LeastPrivilegeTests {
 
     @Test("owner migrates, the runtime role serves snapshots, live changes and mutations, and can run no DDL")
     func runtimeRoleServes() async throws {
-        let roles = try Roles()
+        let roles = try await Roles()
         let ownerURL = roles.url(as: roles.owner), runtimeURL = roles.url(as: roles.runtime)
         // The deployer's steps (docs/security.md): migrate and grant as the owner, then the app schema.
         _ = try await Self.migrate(ownerURL, ["--grant-runtime", roles.runtime])
-        _ = try roles.database(as: roles.owner).psql(try Self.demoSchema())
-        #expect(try roles.superuser.psql("SELECT role FROM syncline.runtime_roles") == "\(roles.runtime)\n")
+        _ = try await roles.database(as: roles.owner).psql(try Self.demoSchema())
+        #expect(try await roles.superuser.psql("SELECT role FROM syncline.runtime_roles") == "\(roles.runtime)\n")
 
         let log = CapturedLog()
         try await Self.serving(runtimeURL, log: log) { server in
@@ -133,7 +133,7 @@ struct LeastPrivilegeTests {
                 if message["type"]?.stringValue == "ack" { acked = true }
             }
             // A row written by the application (as the owner) arrives live.
-            _ = try roles.database(as: roles.owner).psql(
+            _ = try await roles.database(as: roles.owner).psql(
                 "INSERT INTO public.transactions (account_id, amount, memo) VALUES ('alice-checking', 1.00, 'from the app')")
             while !feed.rows.values.contains(where: { $0["memo"]?.stringValue == "from the app" }) {
                 feed.apply(try await alice.next())
@@ -156,17 +156,17 @@ struct LeastPrivilegeTests {
             "SELECT syncline.grant_runtime('\(roles.runtime)')", "SELECT syncline.prune(keep_count => 0)",
             "DROP POLICY syncline_runtime_read ON public.transactions",
         ] {
-            #expect(throws: TestFailure.self, "the runtime role ran: \(ddl)") { try runtime.psql(ddl) }
+            await #expect(throws: TestFailure.self, "the runtime role ran: \(ddl)") { try await runtime.psql(ddl) }
         }
-        #expect(try runtime.psql("SELECT count(*) > 0 FROM syncline.changes") == "t\n")
-        #expect(try runtime.psql("SELECT rolsuper OR rolcreaterole OR rolcreatedb OR rolbypassrls FROM pg_roles WHERE rolname = current_user") == "f\n")
+        #expect(try await runtime.psql("SELECT count(*) > 0 FROM syncline.changes") == "t\n")
+        #expect(try await runtime.psql("SELECT rolsuper OR rolcreaterole OR rolcreatedb OR rolbypassrls FROM pg_roles WHERE rolname = current_user") == "f\n")
     }
 
     @Test("serve logs a loud warning when its login is a superuser, or owns the tracked tables, and names RLS left unstated")
     func privilegedLoginWarns() async throws {
-        let roles = try Roles()
+        let roles = try await Roles()
         _ = try await Self.migrate(roles.url(as: roles.owner), ["--grant-runtime", roles.runtime])
-        _ = try roles.database(as: roles.owner).psql(try Self.demoSchema() + """
+        _ = try await roles.database(as: roles.owner).psql(try Self.demoSchema() + """
             ;
             CREATE TABLE public.notes (id int PRIMARY KEY, owner text);
             SELECT syncline.track('public.notes', '{id}');

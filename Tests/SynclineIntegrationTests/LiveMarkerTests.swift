@@ -180,7 +180,7 @@ struct LiveMarkerTests {
             client.send(["type": "subscribe", "id": "n", "collection": "notifications", "where": ["user_id": "alice"]])
             var feed = FeedCollector(sub: "n")
             try await feed.collect(from: client) { $0.liveMarkers == 1 }
-            _ = try server.database.psql("TRUNCATE notifications")
+            _ = try await server.database.psql("TRUNCATE notifications")
             try await feed.collect(from: client) { $0.modes.count == 2 && $0.liveMarkers == 1 }
             #expect(feed.modes == ["snapshot", "reset"])
             #expect(feed.atLive?.snapshotDone == true)

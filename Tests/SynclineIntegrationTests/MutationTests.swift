@@ -5,8 +5,8 @@ import Testing
 
 extension TestDatabase {
     /// One value from `psql`, without its trailing newline.
-    func value(_ sql: String) throws -> String {
-        try psql(sql).trimmingCharacters(in: .whitespacesAndNewlines)
+    func value(_ sql: String) async throws -> String {
+        try await psql(sql).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 }
 
@@ -35,15 +35,15 @@ struct MutationTests {
         }
     }
 
-    static func balances(_ server: TestServer) throws -> String {
-        try server.database.value("SELECT string_agg(id || '=' || balance, ',' ORDER BY id) FROM accounts")
+    static func balances(_ server: TestServer) async throws -> String {
+        try await server.database.value("SELECT string_agg(id || '=' || balance, ',' ORDER BY id) FROM accounts")
     }
 
     /// A mutator that sleeps `args.s` seconds: it keeps a batch busy so that others queue behind it.
     /// Waits (up to 10 s) until the executor's connection is inside `test_sleep`.
     static func waitForSleeper(_ server: TestServer) async throws {
         let sleeping = ContinuousClock.now + .seconds(10)
-        while try server.database.value("""
+        while try await server.database.value("""
             SELECT count(*) FROM pg_stat_activity
             WHERE application_name = 'syncline-mutations' AND datname = current_database() AND wait_event = 'PgSleep'
             """) != "1", ContinuousClock.now < sleeping {
@@ -51,8 +51,8 @@ struct MutationTests {
         }
     }
 
-    static func installSleeper(_ server: TestServer) throws {
-        _ = try server.database.psql("""
+    static func installSleeper(_ server: TestServer) async throws {
+        _ = try await server.database.psql("""
             CREATE FUNCTION public.test_sleep(args jsonb) RETURNS jsonb LANGUAGE sql AS $$
                 SELECT pg_sleep((args ->> 's')::float8); SELECT '{"slept": true}'::jsonb $$;
             SELECT syncline.register_mutator('test_sleep', 'public.test_sleep(jsonb)');
@@ -88,7 +88,7 @@ struct MutationTests {
             #expect(debit["amount"] == .number("-25.50"))
             #expect(answer["result"]?["balance"] == .number("1224.50"))
             #expect(answer["result"]?["debit"] == debit["id"])
-            #expect(try Self.balances(server) == "alice-checking=1224.50,alice-savings=9000.50,bob-checking=446.25")
+            #expect(try await Self.balances(server) == "alice-checking=1224.50,alice-savings=9000.50,bob-checking=446.25")
             await client.close()
         }
     }
@@ -97,15 +97,15 @@ struct MutationTests {
     func insufficientFunds() async throws {
         try await TestServer.with { server in
             let client = try await TestClient.open(server, sub: "alice")
-            let balances = try Self.balances(server)
+            let balances = try await Self.balances(server)
             client.send(Self.transfer(1, amount: "5000"))
             let answer = try await Self.answer(client)
             #expect(answer["type"] == .string("reject"))
             #expect(answer["code"] == .string("insufficient_funds"))
             #expect(answer["mid"] == .number("1"))
             #expect(answer["details"]?["balance"] == .number("1250.00"))
-            #expect(try Self.balances(server) == balances)
-            #expect(try server.database.value("SELECT count(*) FROM transactions") == "3")
+            #expect(try await Self.balances(server) == balances)
+            #expect(try await server.database.value("SELECT count(*) FROM transactions") == "3")
             // The reject consumed mid 1: the next mutation is mid 2.
             client.send(Self.transfer(2, amount: "1"))
             #expect(try await Self.answer(client)["type"] == .string("ack"))
@@ -123,7 +123,7 @@ struct MutationTests {
             await first.close()  // gone before any answer could be read
             // Wait until both are decided in Postgres.
             let deadline = ContinuousClock.now + .seconds(10)
-            while try server.database.value("SELECT last_mid FROM syncline.clients WHERE client_id = '\(clientID)'") != "2" {
+            while try await server.database.value("SELECT last_mid FROM syncline.clients WHERE client_id = '\(clientID)'") != "2" {
                 guard ContinuousClock.now < deadline else { throw TestFailure("mutations never decided") }
                 try await Task.sleep(for: .milliseconds(20))
             }
@@ -145,10 +145,10 @@ struct MutationTests {
             let conflict = try await Self.answer(second)
             #expect(conflict["type"] == .string("error"))
             #expect(conflict["code"] == .string("conflict"))
-            #expect(try server.database.value("SELECT count(*) FROM transactions WHERE memo = 'once'") == "2")  // debit + credit
-            #expect(try Self.balances(server) == "alice-checking=1243.00,alice-savings=9000.50,bob-checking=427.75")
+            #expect(try await server.database.value("SELECT count(*) FROM transactions WHERE memo = 'once'") == "2")  // debit + credit
+            #expect(try await Self.balances(server) == "alice-checking=1243.00,alice-savings=9000.50,bob-checking=427.75")
             // Pruned outcomes: still decided (last_mid), but the answer is gone.
-            _ = try server.database.value("SELECT syncline.prune_outcomes(interval '0 seconds')")
+            _ = try await server.database.value("SELECT syncline.prune_outcomes(interval '0 seconds')")
             second.send(Self.transfer(1, amount: "7.00", memo: "once"))
             #expect(try await Self.answer(second)["code"] == .string("outcome_expired"))
             await second.close()
@@ -173,7 +173,7 @@ struct MutationTests {
                 #expect(ack["type"] == .string("ack"))
                 #expect(ack["mid"] == .number(String(mid)))
             }
-            #expect(try Self.balances(server) == "alice-checking=1246.00,alice-savings=9000.50,bob-checking=424.75")
+            #expect(try await Self.balances(server) == "alice-checking=1246.00,alice-savings=9000.50,bob-checking=424.75")
             await client.close()
         }
     }
@@ -181,7 +181,7 @@ struct MutationTests {
     @Test("one batch: a rejected member rolls back alone, the others commit together")
     func mixedBatch() async throws {
         try await TestServer.with(configure: { $0.server.mutations.lanes = 1 }) { server in
-            try Self.installSleeper(server)
+            try await Self.installSleeper(server)
             let blocker = try await TestClient.open(server, sub: "alice")
             var clients: [TestClient] = []
             for sub in ["alice", "alice", "bob", "bob"] { clients.append(try await TestClient.open(server, sub: sub)) }
@@ -202,8 +202,8 @@ struct MutationTests {
             #expect(answers[3]["code"] == .string("forbidden"))
             // Both acks carry the batch's single commit position.
             #expect(answers[0]["cursor"] == answers[2]["cursor"])
-            #expect(try Self.balances(server) == "alice-checking=1150.00,alice-savings=9020.50,bob-checking=500.75")
-            #expect(try server.database.value("SELECT count(*) FROM transactions") == "7")
+            #expect(try await Self.balances(server) == "alice-checking=1150.00,alice-savings=9020.50,bob-checking=500.75")
+            #expect(try await server.database.value("SELECT count(*) FROM transactions") == "7")
             for client in clients + [blocker] { await client.close() }
         }
     }
@@ -219,10 +219,10 @@ struct MutationTests {
             // The give-up path: no re-run on the next connection (LaneReconnectTests has the re-run).
             $0.server.mutations.connectionLossRetries = 0
         }) { server in
-            try Self.installSleeper(server)
+            try await Self.installSleeper(server)
             let alice = try await TestClient.open(server, sub: "alice")
             let bob = try await TestClient.open(server, sub: "bob")
-            let balances = try Self.balances(server)
+            let balances = try await Self.balances(server)
             let blocker = try await TestClient.open(server, sub: "alice")
             blocker.send(Self.mutate(1, "test_sleep", "{\"s\":0.3}"))
             try await Task.sleep(for: .milliseconds(100))
@@ -235,7 +235,7 @@ struct MutationTests {
             // than for a fixed time, which a loaded machine can outlast or fall short of.
             try await Self.waitForSleeper(server)
             // Kill the executor's backend while that batch is open.
-            _ = try server.database.psql("""
+            _ = try await server.database.psql("""
                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity
                 WHERE application_name = 'syncline-mutations' AND datname = current_database()
                 """)
@@ -246,8 +246,8 @@ struct MutationTests {
                 #expect(answer["type"] == .string("error"))
                 #expect(answer["code"] == .string("unavailable"))
             }
-            #expect(try Self.balances(server) == balances)
-            #expect(try server.database.value("SELECT count(*) FROM transactions") == "3")
+            #expect(try await Self.balances(server) == balances)
+            #expect(try await server.database.value("SELECT count(*) FROM transactions") == "3")
             // The lane reconnects; the resends are applied exactly once.
             let deadline = ContinuousClock.now + .seconds(15)
             var resent: JSONValue
@@ -258,7 +258,7 @@ struct MutationTests {
             } while resent["code"] == .string("unavailable") && ContinuousClock.now < deadline
             #expect(resent["type"] == .string("ack"))
             #expect(resent["duplicate"] == nil)
-            #expect(try server.database.value("SELECT count(*) FROM transactions") == "5")
+            #expect(try await server.database.value("SELECT count(*) FROM transactions") == "5")
             for client in [alice, bob, blocker] { await client.close() }
         }
     }
@@ -277,8 +277,8 @@ struct MutationTests {
             // RLS (UPDATE USING owner = sub) refuses renaming bob's account.
             alice.send(Self.mutate(2, "accounts.update", "{\"key\":{\"id\":\"bob-checking\"},\"set\":{\"name\":\"mine\"}}"))
             #expect(try await Self.answer(alice)["code"] == .string("forbidden"))
-            #expect(try server.database.value("SELECT count(*) FROM notifications") == "0")
-            #expect(try server.database.value("SELECT name FROM accounts WHERE id = 'bob-checking'") == "Bob — Checking")
+            #expect(try await server.database.value("SELECT count(*) FROM notifications") == "0")
+            #expect(try await server.database.value("SELECT name FROM accounts WHERE id = 'bob-checking'") == "Bob — Checking")
             // Allowed writes.
             alice.send(Self.mutate(3, "notifications.insert", "{\"row\":{\"user_id\":\"alice\",\"body\":\"hello\"}}"))
             let inserted = try await Self.answer(alice)
@@ -287,7 +287,7 @@ struct MutationTests {
             alice.send(Self.mutate(4, "accounts.update", "{\"key\":{\"id\":\"alice-checking\"},\"set\":{\"name\":\"Main\"},\"expect\":{\"version\":1}}"))
             #expect(try await Self.answer(alice)["result"]?["name"] == .string("Main"))
             // expect no longer holds once the version moved.
-            _ = try server.database.psql("UPDATE accounts SET version = 2 WHERE id = 'alice-checking'")
+            _ = try await server.database.psql("UPDATE accounts SET version = 2 WHERE id = 'alice-checking'")
             alice.send(Self.mutate(5, "accounts.update", "{\"key\":{\"id\":\"alice-checking\"},\"set\":{\"name\":\"Other\"},\"expect\":{\"version\":1}}"))
             let conflict = try await Self.answer(alice)
             #expect(conflict["code"] == .string("conflict"))
@@ -300,7 +300,7 @@ struct MutationTests {
             let id = try #require(inserted["result"]?["id"]?.jsonText)
             alice.send(Self.mutate(8, "notifications.delete", "{\"key\":{\"id\":\(id)}}"))
             #expect(try await Self.answer(alice)["type"] == .string("ack"))
-            #expect(try server.database.value("SELECT count(*) FROM notifications") == "0")
+            #expect(try await server.database.value("SELECT count(*) FROM notifications") == "0")
             await alice.close()
         }
     }
@@ -312,7 +312,7 @@ struct MutationTests {
             $0.server.mutations.mutationTimeout = .milliseconds(400)
             $0.server.mutations.batchTimeout = .milliseconds(800)
         }) { server in
-            try Self.installSleeper(server)
+            try await Self.installSleeper(server)
             let blocker = try await TestClient.open(server, sub: "alice")
             let slow = try await TestClient.open(server, sub: "bob")
             let fast = try await TestClient.open(server, sub: "alice")
@@ -339,7 +339,7 @@ struct MutationTests {
         try await TestServer.with(configure: { $0.server.maximumMutationsInFlight = 4 }) { server in
             let alice = try await TestClient.open(server, sub: "alice")
             let bystander = try await TestClient.open(server, sub: "bob")
-            let balances = try Self.balances(server)
+            let balances = try await Self.balances(server)
             // Not decided (errors consume nothing).
             alice.send("{\"type\":\"mutate\",\"mid\":0,\"name\":\"transfer\",\"args\":{}}")
             #expect(try await Self.answer(alice)["code"] == .string("bad_request"))
@@ -368,8 +368,8 @@ struct MutationTests {
             for _ in 7...16 { codes.append(try await Self.answer(alice)["code"]?.stringValue ?? "?") }
             #expect(codes.contains("rate_limited"))
             #expect(codes.contains("insufficient_funds"))
-            #expect(try Self.balances(server) == balances)
-            #expect(try server.database.value("SELECT count(*) FROM transactions") == "3")
+            #expect(try await Self.balances(server) == balances)
+            #expect(try await server.database.value("SELECT count(*) FROM transactions") == "3")
             // The bystander's own mutation is unaffected.
             bystander.send(Self.transfer(1, from: "bob-checking", to: "alice-checking", amount: "0.75"))
             #expect(try await Self.answer(bystander)["type"] == .string("ack"))
@@ -385,7 +385,7 @@ struct MutationTests {
             alice.send(["type": "subscribe", "id": "n", "collection": "notifications", "where": ["user_id": "alice"]])
             var feed = FeedCollector(sub: "n")
             try await feed.collect(from: alice) { $0.snapshotDone }
-            _ = try server.database.psql("""
+            _ = try await server.database.psql("""
                 BEGIN;
                 SELECT set_config('request.jwt.claims', '{"sub":"alice"}', true);
                 SET LOCAL ROLE syncline_writer;
@@ -404,7 +404,7 @@ struct MutationTests {
             let client = try await TestClient.connect(server)
             client.send(Self.transfer(1))
             #expect(try await client.closeCode() == 4400)
-            #expect(try server.database.value("SELECT count(*) FROM transactions") == "3")
+            #expect(try await server.database.value("SELECT count(*) FROM transactions") == "3")
         }
     }
 
@@ -432,10 +432,10 @@ struct MutationTests {
                 }
             }
             // Whatever interleaving happened, each mid was applied at most once, in mid order.
-            let applied = try server.database.value("SELECT count(*) FROM transactions WHERE memo LIKE 'twin-%' AND amount < 0")
+            let applied = try await server.database.value("SELECT count(*) FROM transactions WHERE memo LIKE 'twin-%' AND amount < 0")
             #expect(Int(applied) == acks)
             #expect(acks + duplicates + errors == 40)
-            let order = try server.database.value("""
+            let order = try await server.database.value("""
                 SELECT string_agg(row_image ->> 'memo', ',' ORDER BY pos)
                        = string_agg(row_image ->> 'memo', ',' ORDER BY substr(row_image ->> 'memo', 6)::int)
                 FROM syncline.changes

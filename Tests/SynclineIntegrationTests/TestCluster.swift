@@ -45,8 +45,16 @@ enum TestCluster {
 
     private static let counter = NIOLockedValueBox(0)
 
-    /// A fresh, empty database; returns its URL.
-    static func makeDatabase() throws -> String {
+    /// A fresh, empty database; returns its URL. Made (and the cluster started, the first time)
+    /// on a thread of its own: `createdb` and `initdb` are child processes waited for, which
+    /// would otherwise hold Swift concurrency's two cooperative threads while other tests run.
+    static func makeDatabase() async throws -> String {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread.detachNewThread { continuation.resume(with: Result { try makeDatabaseWaiting() }) }
+        }
+    }
+
+    private static func makeDatabaseWaiting() throws -> String {
         let cluster = try cluster
         let n = counter.withLockedValue { n -> Int in
             n += 1
@@ -94,7 +102,19 @@ struct TestDatabase: Sendable {
     }
 
     /// Runs SQL through the real `psql` client, as an operator or another application would.
-    func psql(_ sql: String) throws -> String {
+    /// The client process is waited for on a thread of its own, not on Swift concurrency's
+    /// cooperative pool (two threads here): tests in parallel polling with psql would otherwise
+    /// starve every in-process server's tasks and time each other out on a loaded machine.
+    func psql(_ sql: String) async throws -> String {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread.detachNewThread {
+                continuation.resume(with: Result { try self.psqlWaiting(sql) })
+            }
+        }
+    }
+
+    /// `psql` for synchronous callers (outside tests' async code).
+    func psqlWaiting(_ sql: String) throws -> String {
         let settings = try PostgresSettings(url: url)
         do {
             return try DevelopmentCluster.run(try TestCluster.binDirectory() + "/psql", [

@@ -20,7 +20,7 @@ struct TestServer: Sendable {
         database: TestDatabase? = nil, logger: Logger = TestCluster.logger,
         configure: (inout SynclineApplication.Options) -> Void = { _ in }
     ) async throws -> TestServer {
-        let database = try database ?? TestDatabase(url: TestCluster.makeDatabase())
+        let database = if let database { database } else { TestDatabase(url: try await TestCluster.makeDatabase()) }
         var options = SynclineApplication.Options(migrationsDirectory: repositoryRoot + "/migrations")
         options.databaseURL = database.url
         options.demoSchemaPath = repositoryRoot + "/examples/demo/schema.sql"

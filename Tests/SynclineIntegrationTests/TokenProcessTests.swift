@@ -8,7 +8,7 @@ import Testing
 struct TokenProcessTests {
     /// `syncline serve --demo --jwks-file` at debug level on a free port, ready.
     static func start(jwksFile: String, extra: [String] = []) async throws -> (ChildProcess, port: Int) {
-        let database = try TestDatabase(url: TestCluster.makeDatabase())
+        let database = try await TestDatabase(url: TestCluster.makeDatabase())
         let port = try freePort()
         let child = try ChildProcess(ChildProcess.binary("syncline"), [
             "serve", "--database-url", database.url, "--port", "\(port)", "--demo", "--no-demo-generator",

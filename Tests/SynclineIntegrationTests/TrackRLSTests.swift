@@ -7,9 +7,9 @@ import Testing
 @Suite("track and row-level security")
 struct TrackRLSTests {
     static func migrated() async throws -> TestDatabase {
-        let database = try TestDatabase(url: TestCluster.makeDatabase())
+        let database = try await TestDatabase(url: TestCluster.makeDatabase())
         _ = try await LeastPrivilegeTests.migrate(database.url)
-        _ = try database.psql("""
+        _ = try await database.psql("""
             CREATE TABLE public.secrets (id int PRIMARY KEY, owner text);
             ALTER TABLE public.secrets ENABLE ROW LEVEL SECURITY;
             CREATE TABLE public.plain (id int PRIMARY KEY);
@@ -22,7 +22,7 @@ struct TrackRLSTests {
         let database = try await Self.migrated()
         var refusal = ""
         do {
-            _ = try database.psql("SELECT syncline.track('public.secrets', '{id}', '{owner}')")
+            _ = try await database.psql("SELECT syncline.track('public.secrets', '{id}', '{owner}')")
             Issue.record("track accepted an RLS table without the statement")
         } catch {
             refusal = "\(error)"
@@ -31,27 +31,27 @@ struct TrackRLSTests {
         #expect(refusal.contains("The feed policy (track's policy argument) is the only read boundary"))
         #expect(refusal.contains("the server reads as its own role"))
         #expect(refusal.contains("rls => 'feed_policy_covers'"))
-        #expect(try database.psql("SELECT count(*) FROM syncline.collections") == "0\n")
-        #expect(try database.psql("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.secrets'::regclass") == "0\n")
+        #expect(try await database.psql("SELECT count(*) FROM syncline.collections") == "0\n")
+        #expect(try await database.psql("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.secrets'::regclass") == "0\n")
 
         // Any other statement is refused as such.
-        #expect(throws: TestFailure.self) {
-            try database.psql("SELECT syncline.track('public.secrets', '{id}', rls => 'trust me')")
+        await #expect(throws: TestFailure.self) {
+            try await database.psql("SELECT syncline.track('public.secrets', '{id}', rls => 'trust me')")
         }
         // With the statement it is tracked, captured, and the statement is recorded.
-        _ = try database.psql("SELECT syncline.track('public.secrets', '{id}', '{owner}', rls => 'feed_policy_covers')")
-        #expect(try database.psql("SELECT name || ':' || rls FROM syncline.collections") == "secrets:feed_policy_covers\n")
-        _ = try database.psql("INSERT INTO public.secrets VALUES (1, 'alice')")
-        #expect(try database.psql("SELECT count(*) FROM syncline.changes WHERE collection = 'secrets'") == "1\n")
+        _ = try await database.psql("SELECT syncline.track('public.secrets', '{id}', '{owner}', rls => 'feed_policy_covers')")
+        #expect(try await database.psql("SELECT name || ':' || rls FROM syncline.collections") == "secrets:feed_policy_covers\n")
+        _ = try await database.psql("INSERT INTO public.secrets VALUES (1, 'alice')")
+        #expect(try await database.psql("SELECT count(*) FROM syncline.changes WHERE collection = 'secrets'") == "1\n")
         // A table without RLS needs no statement.
-        _ = try database.psql("SELECT syncline.track('public.plain', '{id}')")
-        #expect(try database.psql("SELECT count(*) FROM syncline.collections WHERE rls IS NULL") == "1\n")
+        _ = try await database.psql("SELECT syncline.track('public.plain', '{id}')")
+        #expect(try await database.psql("SELECT count(*) FROM syncline.collections WHERE rls IS NULL") == "1\n")
     }
 
     @Test("a table whose RLS was enabled after track is named by serve's startup check")
     func enabledAfterTrack() async throws {
         let database = try await Self.migrated()
-        _ = try database.psql("SELECT syncline.track('public.plain', '{id}'); ALTER TABLE public.plain ENABLE ROW LEVEL SECURITY")
+        _ = try await database.psql("SELECT syncline.track('public.plain', '{id}'); ALTER TABLE public.plain ENABLE ROW LEVEL SECURITY")
         let log = CapturedLog()
         try await LeastPrivilegeTests.serving(database.url, log: log) { _ in }
         #expect(log.lines.contains { $0.contains("row-level security is enabled on the tracked tables plain but does not filter feeds") },
