@@ -29,8 +29,6 @@ final class Subscriber {
     /// When a frame last carried this subscriber's cursor forward (the idle advance).
     var lastSent: NIODeadline = .now()
     var lastSentPosition: Int64 = 0
-    /// The snapshot work in flight.
-    var task: Task<Void, Never>?
 
     init(id: String, key: FeedKey, feedID: FeedID, generation: UInt64, connection: SyncConnection) {
         self.id = id

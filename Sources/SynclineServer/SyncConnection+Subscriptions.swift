@@ -195,11 +195,9 @@ extension SyncConnection {
         flushIfNeeded()
     }
 
-    /// The machine's `end`: out of the fan-out, work cancelled, the feed released.
+    /// The machine's `end`: out of the fan-out, the feed released (a shared read drops the sharer on its next write).
     func drop(_ subscriber: Subscriber) {
         fanout.remove(subscriber)
-        subscriber.task?.cancel()
-        subscriber.task = nil
         environment.hub.release(subscriber.feedID)
         if awaitingDelivery { releaseOutcomes() }
     }
