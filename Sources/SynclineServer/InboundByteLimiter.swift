@@ -27,24 +27,29 @@ final class InboundByteLimiter: ChannelDuplexHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let bytes = unwrapInboundIn(data).readableBytes
         let wait = bucket.spend(Double(bytes), now: NIODeadline.now().uptimeNanoseconds)
-        if wait > 0, pausedUntil == nil {
+        if wait > 0 {
+            if pausedUntil == nil { SynclineLimitMetrics.refused(.inboundBytes) }
+            // Every read of one loop pass may deepen the debt: the pause lasts until all is paid.
             pausedUntil = .now() + .nanoseconds(Int64(clamping: wait))
-            SynclineLimitMetrics.refused(.inboundBytes)
         }
         context.fireChannelRead(data)
     }
 
     func read(context: ChannelHandlerContext) {
-        guard let until = pausedUntil else { return context.read() }
-        guard resume == nil else {
-            pendingRead = true
-            return
-        }
+        guard pausedUntil != nil else { return context.read() }
         pendingRead = true
+        scheduleResume(context)
+    }
+
+    private func scheduleResume(_ context: ChannelHandlerContext) {
+        guard resume == nil, let until = pausedUntil else { return }
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         resume = context.eventLoop.scheduleTask(deadline: until) {
             let (limiter, context) = bound.value
             limiter.resume = nil
+            if let until = limiter.pausedUntil, until > .now() {
+                return limiter.scheduleResume(context)  // the debt grew after this was scheduled
+            }
             limiter.pausedUntil = nil
             guard limiter.pendingRead else { return }
             limiter.pendingRead = false
