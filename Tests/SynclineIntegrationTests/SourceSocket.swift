@@ -57,7 +57,8 @@ final class SourceSocket: Sendable {
         for (name, value) in headers { request += "\(name): \(value)\r\n" }
         request += "\r\n"
         try await send(prefix + Array(request.utf8))
-        let deadline = ContinuousClock.now + .seconds(10)
+        // Generous: a full parallel test run on 2 cores delays answers by many seconds.
+        let deadline = ContinuousClock.now + .seconds(30)
         while true {
             let head: String? = received.withLockedValue { buffer in
                 let view = buffer.readableBytesView
@@ -104,7 +105,7 @@ final class SourceSocket: Sendable {
     }
 
     /// The next text message's JSON, skipping pings; nil when a close frame or the end came first.
-    func nextMessage(timeout: Duration = .seconds(10)) async throws -> JSONValue? {
+    func nextMessage(timeout: Duration = .seconds(30)) async throws -> JSONValue? {
         while let frame = try await nextFrame(timeout: timeout) {
             switch frame.opcode {
             case 0x1: return try JSONParser.parse(String(decoding: frame.payload, as: UTF8.self))
