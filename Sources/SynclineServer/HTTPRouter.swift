@@ -8,6 +8,10 @@ import SynclineProtocol
 /// refused (so the refusal carries the right status) and by the WebSocket handler when it is not.
 final class UpgradeDecision {
     var refusal: (HTTPResponseStatus, String, String)?
+    /// Headers of the refusal (`Retry-After`).
+    var refusalHeaders: [(String, String)] = []
+    /// The client address a trusted proxy's PROXY v2 header gave (`ProxyProtocolHandler`).
+    var proxiedAddress: IPAddress?
     var identity: Identity?
     var deflate: PerMessageDeflateParameters?
 }
@@ -78,7 +82,7 @@ final class HTTPRouter: ChannelInboundHandler, RemovableChannelHandler {
         case "/v1/sync":
             if let (status, code, message) = decision.value.refusal {
                 decision.value.refusal = nil
-                respond(context, status, json: error(code, message), close: true)
+                respond(context, status, json: error(code, message), close: true, extraHeaders: decision.value.refusalHeaders)
             } else {
                 respond(context, .upgradeRequired, json: error("upgrade_required", "/v1/sync speaks WebSocket (RFC 6455), subprotocol syncline.v1"),
                         extraHeaders: [("Upgrade", "websocket")])

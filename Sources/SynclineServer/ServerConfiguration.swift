@@ -76,5 +76,32 @@ public struct ServerConfiguration: Sendable {
     public var tlsCertificatePath: String?
     public var tlsKeyPath: String?
 
+    // Limits per source address, per user and per connection (docs/security.md "Limits").
+    /// Peers whose PROXY protocol v2 header and `X-Forwarded-For` name the client's address;
+    /// nobody else's are believed. Empty: the TCP peer is the client.
+    public var trustedProxies: [IPNetwork] = []
+    /// `Origin`s a browser may upgrade from (exact `scheme://host[:port]`); another gets HTTP 403.
+    /// nil accepts every origin. Requests without `Origin` (non-browser clients) are accepted.
+    public var allowedOrigins: [String]?
+    /// Open WebSocket connections per source address (IPv6: per /64); HTTP 429 above. 0: no limit.
+    public var maximumConnectionsPerAddress = 1_000
+    /// WebSocket upgrades per second per source address (token bucket of `upgradeBurstPerAddress`);
+    /// HTTP 429 with `Retry-After` above. 0: no limit.
+    public var upgradesPerSecondPerAddress: Double = 20
+    public var upgradeBurstPerAddress = 100
+    /// Authenticated sessions per `sub`; the next is closed with 1013 after `hello`. 0: no limit.
+    public var maximumConnectionsPerUser = 100
+    /// Inbound bytes per second per connection (token bucket of `inboundBurstBytes`); above it the
+    /// server stops reading that socket until the bucket refills. 0: no limit.
+    public var inboundBytesPerSecond = 512 << 10
+    public var inboundBurstBytes = 2 << 20
+    /// Largest `where` of a subscribe: its column names and JSON values, in bytes, and its terms
+    /// (columns; the protocol allows at most 16). Above: `error bad_request`, the connection stays.
+    public var maximumWhereBytes = 4_096
+    public var maximumWhereTerms = 16
+    /// Source addresses tracked at once (open connections or a bucket still refilling); past it new
+    /// addresses get HTTP 429 until idle entries expire.
+    public var maximumTrackedAddresses = 100_000
+
     public init() {}
 }

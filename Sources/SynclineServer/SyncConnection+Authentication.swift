@@ -51,6 +51,9 @@ extension SyncConnection {
 
     func opened(_ identity: Identity, lastMID: Int64) {
         guard !closing else { return }
+        guard environment.limits.admitUser(identity.sub, channel: context.channel) else {
+            return close(.overloaded, reason: "too many connections for this user; retry later")
+        }
         self.identity = identity
         self.lastMID = lastMID
         scheduleExpiry(identity)

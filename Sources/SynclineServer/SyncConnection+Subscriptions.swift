@@ -49,6 +49,7 @@ extension SyncConnection {
         let key: FeedKey
         switch request.target {
         case .collection(let name, let filter):
+            try FilterLimit.check(filter, configuration: environment.configuration)
             key = try await environment.reader.feedKey(collection: name, filter: filter)
         case .topic(let topic):
             key = .topic(topic)

@@ -114,7 +114,18 @@ final class SynclineServer: Service, Sendable {
                     SyncConnection(environment: environment, headerIdentity: decision.value.identity, webSocket: webSocket))
             })
         let router = HTTPRouter(environment: environment, decision: decision, assets: assets)
+        let peer = IPAddress(channel.remoteAddress)
+        let fromTrustedProxy = peer.map { peer in configuration.trustedProxies.contains { $0.contains(peer) } } ?? false
         return channel.eventLoop.makeCompletedFuture {
+            // Ahead of TLS: the byte limit counts what the socket delivers, and a PROXY header
+            // precedes the TLS handshake.
+            if configuration.inboundBytesPerSecond > 0 {
+                try channel.pipeline.syncOperations.addHandler(InboundByteLimiter(
+                    bytesPerSecond: configuration.inboundBytesPerSecond, burstBytes: configuration.inboundBurstBytes))
+            }
+            if fromTrustedProxy {
+                try channel.pipeline.syncOperations.addHandler(ProxyProtocolHandler(decision: decision, logger: environment.logger))
+            }
             if let tls {
                 try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls))
             }
@@ -127,13 +138,19 @@ final class SynclineServer: Service, Sendable {
         }
     }
 
-    /// Decides the upgrade: path, subprotocol, connection limit, and the Authorization header's
-    /// token. A refusal is recorded for the router, which answers with its status.
+    /// Decides the upgrade: path, `Origin`, the per-address limits, subprotocol, connection limit,
+    /// and the Authorization header's token. A refusal is recorded for the router, which answers
+    /// with its status.
     private static func shouldUpgrade(
         _ channel: any Channel, _ head: HTTPRequestHead, environment: SyncEnvironment, decision: NIOLoopBound<UpgradeDecision>
     ) -> EventLoopFuture<HTTPHeaders?> {
         let loop = channel.eventLoop
         guard HTTPRouter.split(head.uri).0 == "/v1/sync" else { return loop.makeSucceededFuture(nil) }
+        if let refusal = UpgradeAdmission.check(channel, head, environment: environment, proxied: decision.value.proxiedAddress) {
+            decision.value.refusal = (refusal.status, refusal.code, refusal.message)
+            decision.value.refusalHeaders = refusal.headers
+            return loop.makeSucceededFuture(nil)
+        }
         let offered = head.headers["Sec-WebSocket-Protocol"]
             .flatMap { $0.split(separator: ",") }
             .map { $0.trimmingCharacters(in: .whitespaces) }

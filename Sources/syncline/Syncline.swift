@@ -160,6 +160,78 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("websocket-compression"), help: "permessage-deflate: off, shared or context-takeover.")
     var websocketCompression = WebSocketCompression.Mode.shared.rawValue
 
+    // Limits per address, user and connection (docs/security.md "Limits").
+    @Option(name: .customLong("trusted-proxies"),
+            help: "Comma-separated CIDRs of proxies whose PROXY v2 header and X-Forwarded-For give the client address (default: none; env SYNCLINE_TRUSTED_PROXIES).")
+    var trustedProxies: String? = ProcessInfo.processInfo.environment["SYNCLINE_TRUSTED_PROXIES"]
+
+    @Option(name: .customLong("allowed-origins"),
+            help: "Comma-separated Origins (scheme://host[:port]) browsers may upgrade from; others get 403 (default: any; requests without Origin are accepted; env SYNCLINE_ALLOWED_ORIGINS).")
+    var allowedOrigins: String? = ProcessInfo.processInfo.environment["SYNCLINE_ALLOWED_ORIGINS"]
+
+    @Option(name: .customLong("max-connections-per-address"), help: "Open WebSocket connections per client address, IPv6 per /64 (HTTP 429 above; 0: no limit).")
+    var maxConnectionsPerAddress = 1_000
+
+    @Option(name: .customLong("upgrades-per-second-per-address"), help: "WebSocket upgrades per second per client address (HTTP 429 with Retry-After above; 0: no limit).")
+    var upgradesPerSecondPerAddress: Double = 20
+
+    @Option(name: .customLong("upgrade-burst-per-address"), help: "Upgrades a client address may make at once before the per-second rate applies.")
+    var upgradeBurstPerAddress = 100
+
+    @Option(name: .customLong("max-connections-per-user"), help: "Sessions per token sub; the next is closed with 1013 after hello (0: no limit).")
+    var maxConnectionsPerUser = 100
+
+    @Option(name: .customLong("max-inbound-bytes-per-second"), help: "Bytes per second read from one connection; above it the server stops reading it until the budget refills (0: no limit).")
+    var maxInboundBytesPerSecond = 512 << 10
+
+    @Option(name: .customLong("inbound-burst-bytes"), help: "Bytes a connection may send at once before --max-inbound-bytes-per-second applies.")
+    var inboundBurstBytes = 2 << 20
+
+    @Option(name: .customLong("max-where-bytes"), help: "Largest subscribe 'where' (column names + JSON values; error bad_request above; 0: no limit).")
+    var maxWhereBytes = 4_096
+
+    @Option(name: .customLong("max-where-terms"), help: "Most columns in a subscribe 'where' (at most 16, the protocol's cap).")
+    var maxWhereTerms = 16
+
+    @Option(name: .customLong("max-tracked-addresses"), help: "Client addresses the per-address limits track at once (new ones get HTTP 429 above).")
+    var maxTrackedAddresses = 100_000
+
+    /// The limit flags into `server`, validated.
+    func applyLimits(to server: inout ServerConfiguration) throws {
+        if let trustedProxies, !trustedProxies.trimmingCharacters(in: .whitespaces).isEmpty {
+            server.trustedProxies = try trustedProxies.split(separator: ",").map { entry in
+                guard let network = IPNetwork(entry.trimmingCharacters(in: .whitespaces)) else {
+                    throw ValidationError("--trusted-proxies: '\(entry)' is not an address or CIDR (e.g. 10.0.0.0/8, ::1)")
+                }
+                return network
+            }
+        }
+        if let allowedOrigins {
+            let origins = allowedOrigins.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            for origin in origins where origin != "*" && origin != "null" && !(origin.contains("://")) {
+                throw ValidationError("--allowed-origins: '\(origin)' is not an origin (scheme://host[:port])")
+            }
+            server.allowedOrigins = origins.isEmpty ? nil : origins
+        }
+        let counts = [("--max-connections-per-address", maxConnectionsPerAddress), ("--upgrade-burst-per-address", upgradeBurstPerAddress),
+                      ("--max-connections-per-user", maxConnectionsPerUser), ("--max-inbound-bytes-per-second", maxInboundBytesPerSecond),
+                      ("--inbound-burst-bytes", inboundBurstBytes), ("--max-where-bytes", maxWhereBytes), ("--max-tracked-addresses", maxTrackedAddresses)]
+        for (flag, value) in counts where value < 0 { throw ValidationError("\(flag) must not be negative") }
+        guard upgradesPerSecondPerAddress >= 0, upgradesPerSecondPerAddress.isFinite else {
+            throw ValidationError("--upgrades-per-second-per-address must not be negative")
+        }
+        guard (1...16).contains(maxWhereTerms) else { throw ValidationError("--max-where-terms must be 1–16") }
+        server.maximumConnectionsPerAddress = maxConnectionsPerAddress
+        server.upgradesPerSecondPerAddress = upgradesPerSecondPerAddress
+        server.upgradeBurstPerAddress = max(1, upgradeBurstPerAddress)
+        server.maximumConnectionsPerUser = maxConnectionsPerUser
+        server.inboundBytesPerSecond = maxInboundBytesPerSecond
+        server.inboundBurstBytes = max(1, inboundBurstBytes)
+        server.maximumWhereBytes = maxWhereBytes
+        server.maximumWhereTerms = maxWhereTerms
+        server.maximumTrackedAddresses = maxTrackedAddresses
+    }
+
     func run() async throws {
         let logger = database.logger()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: SynclineMetrics.registry))
@@ -216,6 +288,7 @@ struct Serve: AsyncParsableCommand {
             throw ValidationError("--websocket-compression must be off, shared or context-takeover")
         }
         server.webSocketCompression.mode = compressionMode
+        try applyLimits(to: &server)
         options.server = server
         let app: SynclineApplication
         do {
