@@ -90,7 +90,7 @@ final class LoopFanout {
         awaitingDelivery[ObjectIdentifier(connection)] = waiting ? connection : nil
     }
 
-    private func releaseAwaiting() {
+    func releaseAwaiting() {
         guard !awaitingDelivery.isEmpty else { return }
         for connection in Array(awaitingDelivery.values) { connection.releaseOutcomes() }
     }

@@ -257,6 +257,7 @@ extension LoopFanout {
             guard let missed = policyHolds.release(subscriber) else { continue }
             replay(missed)
         }
+        releaseAwaiting()  // an `ack` may have waited for what the held feeds were just sent
         flush()
         return revoked
     }
