@@ -39,6 +39,7 @@ final class PolicyRecheck: Sendable {
     private let rechecksCounter = Counter(label: "syncline_policy_rechecks_total")
     private let revokedCounter = Counter(label: "syncline_feeds_revoked_total")
     private let holdTimer = Timer(label: "syncline_policy_hold_seconds")
+    private let holdsCounter = Counter(label: "syncline_policy_holds_total")
     static let keptLatencies = 10_000
 
     /// Re-checks run on this reader (set once at startup); nil: the connections' own reader.
@@ -51,7 +52,8 @@ final class PolicyRecheck: Sendable {
 
     /// A new hold id; `policy`: a hold for a policy batch (bumps the epoch), else an `auth` one.
     func newHold(policy: Bool) -> UInt64 {
-        state.withLockedValue { s in
+        holdsCounter.increment()
+        return state.withLockedValue { s in
             s.nextHold += 1
             s.stats.holds += 1
             if policy { s.epoch += 1 }
