@@ -109,4 +109,27 @@ import Testing
             #expect(h.hub.policy.stats.revoked == (stillAllowed ? 0 : 1))
         }
     }
+
+    @Test func anAckWaitsForAFeedHeldForARecheck() async throws {
+        try await H.with { h in
+            let gate = SnapshotHold()
+            h.hub.policy.use(GatedReader(feed: h.feed, gate: gate))
+            try await h.open()
+            try await h.subscribeLive("savings", account: "alice-savings")
+            await h.commit(10, account: "bob-checking")  // one batch: the feed is live, not young
+            try await h.expectNothingMore()
+            try await h.send(#"{"type":"mutate","mid":1,"name":"transfer","args":{"amount":1}}"#)
+            let request = try await h.mutations.next()
+            await Self.policyCommit(h)  // positions 7...9: the mutation's own commit
+            _ = try await gate.waitUntilStarted()
+            request.reply(.ack(position: 9, result: "null", duplicate: false))
+            try await h.expectNothingMore()  // the loop is at 9, but the held feed has not had 8
+            gate.release()
+            let changes = try await h.next("changes")
+            #expect(Self.ids(changes) == [H.id(11)])
+            let ack = try await h.next("ack")
+            #expect(ack["cursor"]?.stringValue == H.cursor(9))
+            try await h.expectNothingMore()
+        }
+    }
 }
