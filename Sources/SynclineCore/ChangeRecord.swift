@@ -9,13 +9,17 @@ public struct ChangeRecord: Sendable {
         case insert, update, delete
         case truncate
         case message
+        /// An input of a feed policy changed (`syncline.depend_policy`): `collection` is the
+        /// dependent collection, `newMatch` its one `{filter column: value}`. Matches no feed;
+        /// the hub re-checks the feeds it maps (`PolicyChange`) before they get the batch.
+        case policy
     }
 
     public var position: Int64
     /// The writing transaction (`xid8`); positions of one transaction are contiguous.
     public var transaction: UInt64
     public var operation: Operation
-    /// Collection name for row changes and truncates; nil for messages.
+    /// Collection name for row changes, truncates and policy changes; nil for messages.
     public var collection: String?
     /// Topic for messages; nil otherwise.
     public var topic: String?

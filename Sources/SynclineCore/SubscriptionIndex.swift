@@ -85,6 +85,8 @@ public struct SubscriptionIndex: Sendable {
     /// Calls `body` once per feed the change concerns, with what it means for that feed.
     public func match(_ change: ChangeRecord, _ body: (FeedID, FeedEffect) throws -> Void) rethrows {
         switch change.operation {
+        case .policy:
+            return  // carries no row: the hub holds and re-checks the feeds it maps instead
         case .message:
             if let topic = change.topic, let id = byTopic[topic] { try body(id, .message) }
         case .truncate:

@@ -71,6 +71,7 @@ public enum ChangeLogReader {
             case "d": operation = .delete
             case "t": operation = .truncate
             case "m": operation = .message
+            case "a": operation = .policy
             default: continue
             }
             records.append(ChangeRecord(

@@ -106,6 +106,38 @@ public final class FeedReader: Sendable {
         return false
     }
 
+    /// Re-checks many subscriptions at once, each `(key, claims)` under its own claims, in one
+    /// statement (`syncline.authorize_each`): the policy re-check when the data a policy reads
+    /// changed, and on `auth`. `result[i]` is whether `checks[i]` still passes; a check whose
+    /// policy raised does not (fails closed).
+    public func authorizeEach(_ checks: [(key: FeedKey, claims: String)]) async throws -> [Bool] {
+        guard !checks.isEmpty else { return [] }
+        var collections: [String] = [], filters: [String] = [], topics: [String] = [], claims: [String] = []
+        for check in checks {
+            switch check.key {
+            case .collection(let name, _, _):
+                collections.append(name)
+                topics.append("")
+            case .topic(let topic):
+                collections.append("")
+                topics.append(topic)
+            }
+            filters.append(check.key.filterJSON)
+            claims.append(check.claims)
+        }
+        // One statement, one round trip: outside a transaction block it is its own transaction,
+        // so the claims authorize_each sets transaction-locally end with it.
+        let rows = try await client.query("""
+            SELECT syncline.authorize_each(\(collections)::text[], \(filters)::jsonb[], \(topics)::text[], \(claims)::text[])
+            """, logger: logger)
+        var allowed: [Bool] = []
+        for try await answer in rows.decode([Bool].self) { allowed = answer }
+        guard allowed.count == checks.count else {
+            throw SynclinePostgresError(.migration, "syncline.authorize_each answered \(allowed.count) of \(checks.count) checks")
+        }
+        return allowed
+    }
+
     /// Streams one snapshot read for several subscribers of `key` (a shared snapshot; one
     /// subscriber is the case of one): in one REPEATABLE READ transaction it checks every
     /// subscriber's policy with its own `claims` (one statement for all), reads position P and the

@@ -19,6 +19,10 @@ protocol FeedReading: Sendable {
     /// Whether the claims (JSON text) may read the feed.
     func authorize(_ key: FeedKey, claims: String) async throws -> Bool
 
+    /// Re-checks many `(key, claims)` pairs in one round trip (policy re-checks); `result[i]` for
+    /// `checks[i]`.
+    func authorizeEach(_ checks: [(key: FeedKey, claims: String)]) async throws -> [Bool]
+
     /// Streams one snapshot read at one position P for several subscribers (a shared snapshot,
     /// ADR 0008): `onAuthorized(allowed, P)` with each of `claims` checked, before the first chunk;
     /// then `onChunk(rows, done, P)` (the last with `done`) unless nobody may read it. Either
@@ -32,6 +36,15 @@ protocol FeedReading: Sendable {
     /// Change-log records in (`after`, `through`] within `scope`, at most `limit`, with the prune
     /// horizon read at the same time.
     func changeLogPage(after: Int64, through: Int64, limit: Int, scope: ChangeLogReader.Scope) async throws -> ChangeLogReader.Page
+}
+
+extension FeedReading {
+    /// One `authorize` per pair: for readers without a batch statement (the in-memory one).
+    func authorizeEach(_ checks: [(key: FeedKey, claims: String)]) async throws -> [Bool] {
+        var out: [Bool] = []
+        for check in checks { out.append(try await authorize(check.key, claims: check.claims)) }
+        return out
+    }
 }
 
 extension FeedReader: FeedReading {}

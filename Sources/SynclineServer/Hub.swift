@@ -31,6 +31,8 @@ public final class Hub: Sendable {
     private let batchesCounter = Counter(label: "syncline_batches_total")
     private let changesCounter = Counter(label: "syncline_changes_total")
     private let feedsGauge = Gauge(label: "syncline_feeds")
+    /// Policy re-checks: holds, their reader, counters (PolicyRecheck.swift).
+    let policy = PolicyRecheck()
 
     init(epoch: String, head: Int64, configuration: ServerConfiguration, group: any EventLoopGroup, logger: Logger) {
         self.epoch = epoch
@@ -48,6 +50,12 @@ public final class Hub: Sendable {
     func fanout(on loop: any EventLoop) -> LoopFanout {
         fanouts[ObjectIdentifier(loop)]!.value
     }
+
+    /// Every event loop with a fan-out, in a fixed order.
+    var loops: [any EventLoop] { fanouts.values.map(\.eventLoop) }
+
+    /// Policy re-checks run on `reader` (the server's main pool) rather than the snapshot pool.
+    public func usePolicyReader(_ reader: FeedReader) { policy.use(reader) }
 
     /// Whether the tail's LISTEN connection is up (readiness).
     public var isListening: Bool { listeningBox.withLockedValue { $0 } }
@@ -110,6 +118,13 @@ public final class Hub: Sendable {
             listeningBox.withLockedValue { $0 = up }
             return head
         case .changes(let records, let after, let through):
+            // A commit that changed what a feed policy reads: the feeds it maps are held on every
+            // loop before the batch goes out, and released (or revoked) once re-checked, while
+            // everyone else gets this batch and the next at once (PolicyRecheck.swift).
+            let policyChanges = PolicyChange.all(in: records)
+            if !policyChanges.isEmpty, head == after {
+                await holdForPolicy(policyChanges)
+            }
             // Accept a batch only where the previous one ended (a reader abandoned with a dead
             // connection can never deliver twice or out of order), and hand it to the loops under
             // the same lock so they receive batches in position order.

@@ -20,6 +20,8 @@ final class LoopFanout {
     /// Connections holding an `ack` until their feeds reach its cursor (read-your-writes).
     private var awaitingDelivery: [ObjectIdentifier: SyncConnection] = [:]
     private let deliveries = Counter(label: "syncline_deliveries_total")
+    /// Subscribers held for a policy re-check, and what they missed meanwhile (PolicyRecheck.swift).
+    var policyHolds = PolicyHolds()
 
     init(eventLoop: any EventLoop, head: Int64, encoder: FeedBatchEncoder) {
         self.eventLoop = eventLoop
@@ -79,13 +81,16 @@ final class LoopFanout {
         connections[ObjectIdentifier(connection)] = nil
     }
 
+    /// Every connection on this loop (a policy hold looks through their subscriptions).
+    var allConnections: Dictionary<ObjectIdentifier, SyncConnection>.Values { connections.values }
+
     /// `connection` holds an `ack` back until this loop's head (and its own feeds) pass its
     /// cursor; it is told after every batch.
     func awaitDelivery(_ connection: SyncConnection, _ waiting: Bool) {
         awaitingDelivery[ObjectIdentifier(connection)] = waiting ? connection : nil
     }
 
-    private func releaseAwaiting() {
+    func releaseAwaiting() {
         guard !awaitingDelivery.isEmpty else { return }
         for connection in Array(awaitingDelivery.values) { connection.releaseOutcomes() }
     }
@@ -134,6 +139,8 @@ final class LoopFanout {
         var behind: [Subscriber] = []
         for (subscriber, run) in pending where subscriber.machine.run == run && subscriber.machine.state == .catchingUp(.ring) {
             guard let connection = subscriber.connection, connection.owns(subscriber) else { continue }
+            // Held for a policy re-check: the ring may hold the very commit that revokes it.
+            if !policyHolds.isEmpty && policyHolds.deferCatchUp(subscriber) { continue }
             if subscriber.cursor >= loop.head {
                 connection.carryOut(subscriber.machine.ringPass(ringStart: nil, loop: loop), for: subscriber)
             } else {
@@ -172,62 +179,25 @@ final class LoopFanout {
     @inline(never)
     func deliver(_ batch: EncodedBatch, generation: UInt64) {
         var delivered = 0
+        // Subscribers held for a policy re-check keep the batch for later (PolicyRecheck.swift).
+        let holding = !policyHolds.isEmpty
         for (feedID, body) in batch.bodies {
             guard let subscribers = live[feedID] else { continue }
-            let reset = body.restartReason
-            if reset != nil {
-                for subscriber in subscribers {
-                    let action = subscriber.machine.batch(
-                        after: batch.after, through: batch.through, generation: generation, matched: true, reset: reset)
-                    remove(subscriber)
-                    if case .restart(let reason, let run) = action {
-                        subscriber.connection?.carryOut([.restart(reason, run: run)], for: subscriber)
-                    }
-                }
-                continue
-            }
             for subscriber in subscribers {
-                guard subscriber.machine.batch(after: batch.after, through: batch.through, generation: generation, matched: true) == .send,
-                      let connection = subscriber.connection
-                else { continue }
-                connection.send(body, to: subscriber, through: batch.through)
+                if holding && policyHolds.stash(subscriber, batch, generation) { continue }
+                delivered += deliverLive(subscriber, body: body, batch: batch, generation: generation)
             }
-            delivered += subscribers.count
         }
         if !young.isEmpty {
             let current = young
             young = []
             for subscriber in current {
-                subscriber.listed = .none
-                let action = subscriber.machine.batch(
-                    after: batch.after, through: batch.through, generation: generation,
-                    matched: batch.bodies[subscriber.feedID] != nil)
-                switch action {
-                case .none:
-                    subscriber.listed = .young
+                if holding && policyHolds.stash(subscriber, batch, generation) {
                     young.append(subscriber)
-                case .becomeLive:
-                    addLive(subscriber)
-                case .send:
-                    assertionFailure("a young subscriber is served from the batch's records")
-                    addLive(subscriber)
-                case .sendOwn(let after, let goesLive):
-                    let body = encoder.encodeSingle(batch.records, after: after, through: batch.through, key: subscriber.key)
-                    if let reason = body.restartReason {
-                        subscriber.connection?.carryOut(subscriber.machine.restart(reason), for: subscriber)
-                        continue
-                    }
-                    subscriber.connection?.send(body, to: subscriber, through: batch.through)
-                    delivered += 1
-                    if goesLive {
-                        addLive(subscriber)
-                    } else {
-                        subscriber.listed = .young
-                        young.append(subscriber)
-                    }
-                case .restart(let reason, let run):
-                    subscriber.connection?.carryOut([.restart(reason, run: run)], for: subscriber)
+                    continue
                 }
+                subscriber.listed = .none
+                delivered += deliverYoung(subscriber, batch: batch, generation: generation)
             }
         }
         head = batch.through
@@ -236,6 +206,63 @@ final class LoopFanout {
         flush()
         if delivered > 0 { deliveries.increment(by: delivered) }
     }
+
+    /// A live subscriber's share of a batch (its feed's `body`); returns what it counts toward
+    /// `syncline_deliveries_total` (a restart counts nothing).
+    @inline(__always)
+    func deliverLive(_ subscriber: Subscriber, body: FeedBody, batch: EncodedBatch, generation: UInt64) -> Int {
+        if let reset = body.restartReason {
+            let action = subscriber.machine.batch(
+                after: batch.after, through: batch.through, generation: generation, matched: true, reset: reset)
+            remove(subscriber)
+            if case .restart(let reason, let run) = action {
+                subscriber.connection?.carryOut([.restart(reason, run: run)], for: subscriber)
+            }
+            return 0
+        }
+        guard subscriber.machine.batch(after: batch.after, through: batch.through, generation: generation, matched: true) == .send,
+              let connection = subscriber.connection
+        else { return 1 }
+        connection.send(body, to: subscriber, through: batch.through)
+        return 1
+    }
+
+    /// A young subscriber (listed nowhere while this runs) and a batch: served from the batch's
+    /// records when its cursor falls inside it; back on the young or the live list afterwards.
+    func deliverYoung(_ subscriber: Subscriber, batch: EncodedBatch, generation: UInt64) -> Int {
+        let action = subscriber.machine.batch(
+            after: batch.after, through: batch.through, generation: generation,
+            matched: batch.bodies[subscriber.feedID] != nil)
+        switch action {
+        case .none:
+            subscriber.listed = .young
+            young.append(subscriber)
+        case .becomeLive:
+            addLive(subscriber)
+        case .send:
+            assertionFailure("a young subscriber is served from the batch's records")
+            addLive(subscriber)
+        case .sendOwn(let after, let goesLive):
+            let body = encoder.encodeSingle(batch.records, after: after, through: batch.through, key: subscriber.key)
+            if let reason = body.restartReason {
+                subscriber.connection?.carryOut(subscriber.machine.restart(reason), for: subscriber)
+                return 0
+            }
+            subscriber.connection?.send(body, to: subscriber, through: batch.through)
+            if goesLive {
+                addLive(subscriber)
+            } else {
+                subscriber.listed = .young
+                young.append(subscriber)
+            }
+            return 1
+        case .restart(let reason, let run):
+            subscriber.connection?.carryOut([.restart(reason, run: run)], for: subscriber)
+        }
+        return 0
+    }
+
+    func countDeliveries(_ n: Int) { deliveries.increment(by: n) }
 
     func flush() {
         guard !toFlush.isEmpty else { return }
@@ -262,6 +289,8 @@ final class LoopFanout {
         let body = FeedBody.advance(encoder.advanceBody(through: head))
         for subscribers in live.values {
             for subscriber in subscribers where subscriber.lastSentPosition < head && now - subscriber.lastSent >= interval {
+                // A held subscriber's cursor must not pass the batches it has not been given.
+                if !policyHolds.isEmpty && policyHolds.isHeld(subscriber) { continue }
                 subscriber.machine.advanced(through: head)
                 if case .topic = subscriber.key { continue }
                 subscriber.connection?.send(body, to: subscriber, through: head)

@@ -76,6 +76,8 @@ extension SyncConnection {
                     }
                     connection.identity = identity
                     connection.scheduleExpiry(identity)
+                    // Feeds are re-authorized with the new claims (protocol §3.1 `auth`).
+                    connection.recheckAll(claims: identity.claims)
                 case .failure(let error):
                     connection.close(.tokenInvalid, reason: error.message)
                 }

@@ -64,6 +64,11 @@ extension SyncConnection {
         for subscriber in subscribers.values where subscriber.machine.holds(until: position) {
             return false
         }
+        // A feed held for a policy re-check has not been sent what it is held from.
+        if !fanout.policyHolds.isEmpty,
+           subscribers.values.contains(where: { fanout.policyHolds.isHeld($0) && $0.cursor < position }) {
+            return false
+        }
         return true
     }
 }

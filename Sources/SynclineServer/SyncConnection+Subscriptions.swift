@@ -17,6 +17,9 @@ extension SyncConnection {
         let environment = self.environment
         let bound = self.bound
         let loop = context.eventLoop
+        // A policy hold that starts while this resolves may concern the feed: a resume authorized
+        // before it is authorized again (subscriptionResolved).
+        let policyEpoch = environment.hub.policy.epoch
         Task {
             let outcome: Result<Resolution, any Error>
             do {
@@ -28,7 +31,7 @@ extension SyncConnection {
                 let connection = bound.value
                 switch outcome {
                 case .success(let resolution):
-                    connection.subscriptionResolved(request, attempt: attempt, resolution: resolution)
+                    connection.subscriptionResolved(request, attempt: attempt, resolution: resolution, policyEpoch: policyEpoch)
                 case .failure(let error):
                     let (code, message, retry) = SyncConnection.describe(error, logger: environment.logger)
                     connection.subscriptionFailed(request.id, attempt: attempt, code: code, message: message, retryAfterMS: retry)
@@ -76,8 +79,14 @@ extension SyncConnection {
     }
 
 
-    func subscriptionResolved(_ request: ClientMessage.Subscribe, attempt: UInt64, resolution: Resolution) {
+    func subscriptionResolved(_ request: ClientMessage.Subscribe, attempt: UInt64, resolution: Resolution, policyEpoch: UInt64? = nil) {
         guard !closing, resolving[request.id] == attempt else { return }
+        // Authorized before a policy change the hold did not see it for (it did not exist yet):
+        // its catch-up could carry that very commit, so authorize again. (A snapshot is
+        // authorized in its own read, after this.)
+        if resolution.resumeAfter != nil, let policyEpoch, policyEpoch != environment.hub.policy.epoch {
+            return startSubscription(request)
+        }
         resolving[request.id] = nil
         let key = resolution.key, mode = resolution.mode, resumeAfter = resolution.resumeAfter
         let (feedID, generation) = environment.hub.retain(key)

@@ -144,6 +144,7 @@ public final class SynclineApplication: Sendable {
         let catalog = CollectionCatalog(client: snapshots, logger: logger)
         let reader = FeedReader(client: snapshots, catalog: catalog, logger: logger)
         let hub = Hub(epoch: epoch, head: head, configuration: configuration, group: group, logger: logger)
+        hub.usePolicyReader(FeedReader(client: main, catalog: catalog, logger: logger))
         let mutations = MutationExecutor(
             connection: try settings.connectionConfiguration(applicationName: "syncline-mutations"),
             configuration: configuration.mutations, logger: logger)

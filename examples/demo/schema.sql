@@ -118,6 +118,13 @@ GRANT USAGE ON SEQUENCE public.notifications_id_seq TO syncline_writer;
 -- The seed above left capture events pending (they fire at commit); ALTER TABLE refuses tables
 -- with pending trigger events, so fire them now.
 SET CONSTRAINTS ALL IMMEDIATE;
+
+-- What the feed policies read besides the filter (authorization follows the data, docs/security.md):
+-- an account's owner decides who may read its transactions and the account itself by id. Giving
+-- an account to another user ends the old owner's feeds on it with `revoked`; a transfer (balance,
+-- version) re-checks nothing.
+SELECT syncline.depend_policy('transactions', 'public.accounts', '{owner}', 'account_id', 'id');
+SELECT syncline.depend_policy('accounts', 'public.accounts', '{owner}', 'id', 'id');
 ALTER TABLE public.accounts ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.transactions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.notifications ENABLE ROW LEVEL SECURITY;
