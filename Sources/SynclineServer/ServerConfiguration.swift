@@ -33,6 +33,9 @@ public struct ServerConfiguration: Sendable {
     public var maximumMessageBytes = 1 << 20
     /// Outbound bytes queued on one connection before it is closed with 4008 (it resumes).
     public var maximumOutboundBytes = 4 << 20
+    /// Conflating subscriptions (`"conflate": true`): past this many bytes queued on their
+    /// connection, their pending changes to one row key merge before they are written.
+    public var conflateAfterBytes = 256 << 10
     /// Open WebSocket connections; more are refused with HTTP 503.
     public var maximumConnections = 50_000
     /// Subscriptions per connection.

@@ -95,6 +95,10 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("max-outbound-bytes"), help: "Outbound queue per connection before closing it with 4008.")
     var maxOutboundBytes = 4 << 20
 
+    @Option(name: .customLong("conflate-after-bytes"),
+            help: "Subscriptions with \"conflate\": true merge pending changes by row key once this much is queued on their connection.")
+    var conflateAfterBytes = 256 << 10
+
     @Option(name: .customLong("max-connections"), help: "Concurrent WebSocket connections (HTTP 503 above).")
     var maxConnections = 50_000
 
@@ -186,6 +190,8 @@ struct Serve: AsyncParsableCommand {
         server.staticMaximumFileBytes = staticMaxFileBytes
         server.maximumMessageBytes = maxMessageBytes
         server.maximumOutboundBytes = maxOutboundBytes
+        guard conflateAfterBytes >= 0 else { throw ValidationError("--conflate-after-bytes must not be negative") }
+        server.conflateAfterBytes = conflateAfterBytes
         server.maximumConnections = maxConnections
         server.maximumSubscriptionsPerConnection = maxSubscriptions
         server.maximumMessagesPerSecond = maxMessagesPerSecond
