@@ -42,6 +42,10 @@ public struct ServerConfiguration: Sendable {
     public var maximumSubscriptionsPerConnection = 100
     /// Client messages per second per connection (token bucket, burst = 2×).
     public var maximumMessagesPerSecond = 200
+    /// WebSocket frames one connection may have decoded and handled per event-loop pass (each
+    /// pass is also at most one socket read); the rest wait for the next pass, so a flooding
+    /// connection cannot stall the others on its loop (docs/security.md, "Flood isolation").
+    public var maximumFramesPerPass = 32
     /// Server ping period; a connection silent for two periods is closed.
     public var heartbeatMilliseconds: Int64 = 15_000
     /// Snapshot chunking.

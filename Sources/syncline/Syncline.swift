@@ -108,6 +108,9 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("max-messages-per-second"), help: "Client messages per second per connection.")
     var maxMessagesPerSecond = 200
 
+    @Option(name: .customLong("max-frames-per-pass"), help: "WebSocket frames one connection has handled per event-loop pass; the rest wait for the next (flood isolation).")
+    var maxFramesPerPass = 32
+
     @Option(name: .customLong("heartbeat-ms"), help: "WebSocket ping period; silent for two periods closes.")
     var heartbeatMS: Int64 = 15_000
 
@@ -195,6 +198,8 @@ struct Serve: AsyncParsableCommand {
         server.maximumConnections = maxConnections
         server.maximumSubscriptionsPerConnection = maxSubscriptions
         server.maximumMessagesPerSecond = maxMessagesPerSecond
+        guard maxFramesPerPass >= 1 else { throw ValidationError("--max-frames-per-pass must be at least 1") }
+        server.maximumFramesPerPass = maxFramesPerPass
         server.heartbeatMilliseconds = heartbeatMS
         guard snapshotConcurrency >= 1 else { throw ValidationError("--snapshot-concurrency must be at least 1") }
         server.snapshotConcurrency = snapshotConcurrency
