@@ -150,6 +150,7 @@ final class SyncConnection: ChannelInboundHandler {
         }
         refusedInWindow += 1
         if refusedInWindow > Int(rate) {
+            environment.rateLimitClosesCounter.increment()
             close(.policyViolation, reason: "message rate limit exceeded")
         } else {
             sendText(ServerMessage.error(code: .rateLimited, message: "too many messages; slow down",

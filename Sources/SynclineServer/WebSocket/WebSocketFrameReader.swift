@@ -1,3 +1,4 @@
+import Metrics
 import NIOCore
 import NIOPosix
 import NIOWebSocket
@@ -16,6 +17,9 @@ import NIOWebSocket
 final class WebSocketFrameReader: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = WebSocketFrame
+
+    /// Passes cut short by the budget (`syncline_websocket_deferred_passes_total`).
+    static let deferredPasses = Counter(label: "syncline_websocket_deferred_passes_total")
 
     private let decoder: WebSocketFrameDecoder
     private let framesPerPass: Int
@@ -109,6 +113,7 @@ final class WebSocketFrameReader: ChannelInboundHandler, RemovableChannelHandler
                 context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
             }
             awaitingResume = true
+            Self.deferredPasses.increment()
             WebSocketReadResumer.current.enqueue(self, on: context.eventLoop)
         } else if holdingReads {
             holdingReads = false
