@@ -61,6 +61,10 @@ public struct ServerConfiguration: Sendable {
     /// A sharer whose snapshot chunk has not reached its socket after this long is closed with
     /// 4008, so that one slow reader cannot hold up the others of its read.
     public var snapshotShareStallMilliseconds = 10_000
+    /// A snapshot subscriber whose chunks have waited for its socket this long in all (counting
+    /// each chunk's wait past 200 ms) is closed with 4008 and its read ends, freeing the
+    /// transaction and pool connection; it resubscribes later (docs/security.md, "Snapshot stalls").
+    public var snapshotStallTimeoutMilliseconds = 30_000
     /// Recent changes kept in memory to serve catch-ups without reading Postgres.
     public var ringCapacity = 20_000
     /// Change-log records read per page when cursors older than the ring catch up (one scan per

@@ -125,6 +125,10 @@ struct Serve: AsyncParsableCommand {
             help: "A shared snapshot's reader whose chunk has not reached its socket after this long is closed with 4008.")
     var snapshotShareStallMS = 10_000
 
+    @Option(name: .customLong("snapshot-stall-timeout"),
+            help: "Seconds a snapshot subscriber's socket may keep its read waiting in all (each chunk's wait past 200 ms) before it is closed with 4008 and the read ends.")
+    var snapshotStallTimeout: Double = 30
+
     @Option(name: .customLong("ring-capacity"), help: "Recent changes kept in memory for catch-ups.")
     var ringCapacity = 20_000
 
@@ -200,6 +204,8 @@ struct Serve: AsyncParsableCommand {
         server.maximumMessagesPerSecond = maxMessagesPerSecond
         guard maxFramesPerPass >= 1 else { throw ValidationError("--max-frames-per-pass must be at least 1") }
         server.maximumFramesPerPass = maxFramesPerPass
+        guard snapshotStallTimeout > 0, snapshotStallTimeout <= 86_400 else { throw ValidationError("--snapshot-stall-timeout must be in (0, 86400] seconds") }
+        server.snapshotStallTimeoutMilliseconds = Int(snapshotStallTimeout * 1000)
         server.heartbeatMilliseconds = heartbeatMS
         guard snapshotConcurrency >= 1 else { throw ValidationError("--snapshot-concurrency must be at least 1") }
         server.snapshotConcurrency = snapshotConcurrency
