@@ -17,6 +17,10 @@ struct ConflationTests {
         var changeMessages = 0
         var live = false
         var closed: UInt16?
+        /// An `ack` and the feed's cursor and rows when it arrived (read-your-writes).
+        var ack: JSONValue?
+        var cursorAtAck: String?
+        var rowsAtAck: [JSONValue: JSONValue] = [:]
 
         mutating func apply(_ frame: RawWebSocket.Frame) throws {
             if frame.opcode == 0x8 {
@@ -49,8 +53,12 @@ struct ConflationTests {
                 changeMessages += 1
                 cursor = message["cursor"]?.stringValue
                 if message["live"] == .bool(true) { live = true }
-            case "error":
-                throw TestFailure("error: \(frame.text)")
+            case "ack":
+                ack = message
+                cursorAtAck = cursor
+                rowsAtAck = rows
+            case "error", "reject":
+                throw TestFailure("\(frame.text)")
             default:
                 break
             }
@@ -119,7 +127,11 @@ struct ConflationTests {
                 """)
             // Per cycle and row: insert 1, update 1, key change 2 (delete + insert), update 1,
             // leave 1 (delete), enter 1 (insert), delete 1; then an insert and an update each.
-            let expectedChanges = cycles * slots * 8 + slots * 2
+            // And one more: a mutation sent on the stalled connection, whose ack must not
+            // overtake its change, held in the merged set (protocol §5, read-your-writes).
+            try await slowSocket.sendText(#"{"type":"mutate","mid":1,"name":"notifications.insert","args":{"row":{"user_id":"alice","body":"mine"}}}"#)
+            try await exact.read(exactSocket) { $0.rows.values.contains { $0["body"] == .string("mine") } }
+            let expectedChanges = cycles * slots * 8 + slots * 2 + 1
             let head = try await server.database.psql("SELECT max(pos) FROM syncline.changes")
                 .trimmingCharacters(in: .whitespacesAndNewlines)
             let epoch = try #require(exact.cursor?.split(separator: ".").first)
@@ -129,8 +141,12 @@ struct ConflationTests {
             #expect(exact.changes == expectedChanges, "the exact subscriber gets every change")
 
             try await slowSocket.setReading(true)
-            try await slow.read(slowSocket) { $0.cursor == final }
+            try await slow.read(slowSocket) { $0.cursor == final && $0.ack != nil }
             #expect(slow.closed == nil)
+            let ackCursor = try #require(slow.ack?["cursor"]?.stringValue)
+            func position(_ cursor: String?) -> Int64 { cursor.flatMap { $0.split(separator: ".").last }.flatMap { Int64($0) } ?? -1 }
+            #expect(position(slow.cursorAtAck) >= position(ackCursor), "the ack came after the merged changes through its cursor")
+            #expect(slow.rowsAtAck.values.contains { $0["body"] == .string("mine") }, "its row was there when the ack came")
             #expect(slow.changes < exact.changes, "merged: \(slow.changes) changes in \(slow.changeMessages) messages")
             #expect(slow.rows == exact.rows, "same final rows")
             #expect(slow.cursor == exact.cursor, "same final cursor")
