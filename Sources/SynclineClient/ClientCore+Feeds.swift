@@ -374,7 +374,7 @@ extension ClientCore {
         }
         for key in feeds.keys.sorted() {
             var feed = feeds[key]!
-            guard case .collection(let collection, let filter) = feed.spec, feed.holders > 0 else { continue }
+            guard case .collection(let collection, let filter, _) = feed.spec, feed.holders > 0 else { continue }
             let effects = rows.effects[collection] ?? [:]
             let effectKeys = Set(effects.keys)
             func viewRow(_ k: String) -> ViewRow? {

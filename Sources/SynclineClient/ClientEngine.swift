@@ -88,7 +88,7 @@ final class ClientEngine: Sendable {
 
     private func refuse(_ input: ClientInput) {
         switch input {
-        case .subscribeQuery(_, _, let reply): reply.resume(throwing: ClientClosed())
+        case .subscribeQuery(_, _, _, let reply): reply.resume(throwing: ClientClosed())
         case .subscribeTopic(_, _, let reply): reply.resume(throwing: ClientClosed())
         case .enqueue(_, _, _, let reply): reply.resume(throwing: ClientClosed())
         case .unsubscribe(_, let reply): reply.resume()
@@ -104,8 +104,8 @@ final class ClientEngine: Sendable {
             await execute(loop.core.handle(event, now: now), loop)
         case .register(let name, let effect):
             await execute(loop.core.register(name, effect: effect), loop)
-        case .subscribeQuery(let collection, let filter, let reply):
-            let opened = loop.core.subscribe(.collection(name: collection, filter: filter), now: now)
+        case .subscribeQuery(let collection, let filter, let conflate, let reply):
+            let opened = loop.core.subscribe(.collection(name: collection, filter: filter, conflate: conflate), now: now)
             let query = loop.queries[opened.key] ?? LiveQuery(
                 collection: collection, filter: filter, key: opened.key, rows: opened.rows, live: opened.live,
                 onUnsubscribe: { [inbox] in await withCheckedContinuation { inbox.push(.unsubscribe(opened.key, $0)) } })

@@ -6,7 +6,7 @@ import SynclineProtocol
 /// What the shell's loop consumes: core events and API commands, one at a time.
 enum ClientInput: Sendable {
     case event(ClientCore.Event)
-    case subscribeQuery(String, [String: JSONValue], CheckedContinuation<LiveQuery, any Error>)
+    case subscribeQuery(String, [String: JSONValue], Bool, CheckedContinuation<LiveQuery, any Error>)
     case subscribeTopic(String, Int, CheckedContinuation<TopicSubscription, any Error>)
     case unsubscribe(String, CheckedContinuation<Void, Never>)
     case enqueue(String, JSONValue, MutationPromise, CheckedContinuation<Int64, any Error>)
@@ -97,8 +97,10 @@ public final class SynclineClient: Sendable {
 
     /// A live query of `collection` rows whose columns equal `filter` (only the collection's
     /// filterable columns). It shows the stored rows at once, and resumes from the stored cursor.
-    public func subscribe(collection: String, where filter: [String: JSONValue] = [:]) async throws -> LiveQuery {
-        try await withCheckedThrowingContinuation { inbox.push(.subscribeQuery(collection, filter, $0)) }
+    /// `conflate`: while the connection is behind, the server may merge the feed's pending changes
+    /// by key (protocol §3.8); such a query is a feed of its own.
+    public func subscribe(collection: String, where filter: [String: JSONValue] = [:], conflate: Bool = false) async throws -> LiveQuery {
+        try await withCheckedThrowingContinuation { inbox.push(.subscribeQuery(collection, filter, conflate, $0)) }
     }
 
     /// A topic's messages, resumed from the stored cursor.

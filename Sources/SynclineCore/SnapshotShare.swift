@@ -47,8 +47,14 @@ public struct SnapshotShareKey: Hashable, Sendable, CustomStringConvertible {
 /// request of a group opens it) and a read slot is free. Requests that arrive while their key is
 /// being read wait for the next read of that key, which starts only after the current one ended:
 /// a read covers everyone who was waiting when it started, never someone who came later, so a
-/// sharer's rows are always read at or after its `subscribe`. Ready groups start in the order
-/// they became ready (different feeds are served first come, first served).
+/// sharer's rows are always read at or after its `subscribe`.
+///
+/// Fairness between users: one user (the `user` of `enqueue`, the token's `sub`) has at most
+/// `readsPerUser` reads in flight; ready groups wait in their user's queue, and users take turns
+/// (round robin, in the order they became ready), so one user's many feeds cannot crowd out
+/// another's one. A read paced by a socket that does not take its chunk (`readStalled`) stops
+/// counting against `concurrency`, up to `maximumStalledReads` of them, so clients that stop
+/// reading cannot hold every slot until their stall timeout.
 public struct SnapshotBatcher<Waiter: Sendable>: Sendable {
     public struct ReadID: Hashable, Sendable {
         public var rawValue: UInt64
@@ -62,34 +68,55 @@ public struct SnapshotBatcher<Waiter: Sendable>: Sendable {
     }
 
     private struct Group {
+        var user: String
         var waiting: [Waiter] = []
         var windowOpen = false
         var queued = false
         var reading: ReadID?
     }
 
-    /// Reads that may run at once (at least 1).
+    private struct Read {
+        var key: SnapshotShareKey
+        var user: String
+        var stalled = false
+    }
+
+    /// Reads that may run at once, not counting stalled ones (at least 1).
     public let concurrency: Int
     /// Whether a group waits for a window before it is read (false: as soon as a slot is free).
     public let usesWindow: Bool
+    /// Reads one user may have in flight (at least 1).
+    public let readsPerUser: Int
+    /// Stalled reads that may stop counting against `concurrency`.
+    public let maximumStalledReads: Int
     private var groups: [SnapshotShareKey: Group] = [:]
-    private var ready: [SnapshotShareKey] = []
-    private var readyStart = 0
-    private var reads: [ReadID: SnapshotShareKey] = [:]
+    /// Ready groups by user, in the order they became ready.
+    private var readyByUser: [String: [SnapshotShareKey]] = [:]
+    /// Users with a ready group and room for another read, in turn order.
+    private var turns: [String] = []
+    private var turnStart = 0
+    private var hasTurn: Set<String> = []
+    private var readsByUser: [String: Int] = [:]
+    private var reads: [ReadID: Read] = [:]
+    private var stalled = 0
     private var nextRead: UInt64 = 0
 
-    public init(concurrency: Int, usesWindow: Bool) {
+    public init(concurrency: Int, usesWindow: Bool, readsPerUser: Int = .max, maximumStalledReads: Int = 0) {
         self.concurrency = max(1, concurrency)
         self.usesWindow = usesWindow
+        self.readsPerUser = max(1, readsPerUser)
+        self.maximumStalledReads = max(0, maximumStalledReads)
     }
 
-    /// Reads in flight.
+    /// Reads in flight (stalled ones included).
     public var activeReads: Int { reads.count }
+    /// Reads in flight that stopped counting against `concurrency`.
+    public var stalledReads: Int { stalled }
     /// Requests not yet in a read.
     public var waitingCount: Int { groups.values.reduce(0) { $0 + $1.waiting.count } }
 
-    public mutating func enqueue(_ key: SnapshotShareKey, _ waiter: Waiter) -> [Action] {
-        var group = groups[key] ?? Group()
+    public mutating func enqueue(_ key: SnapshotShareKey, _ waiter: Waiter, user: String = "") -> [Action] {
+        var group = groups[key] ?? Group(user: user)
         group.waiting.append(waiter)
         let idle = !group.windowOpen && !group.queued
         if idle && usesWindow { group.windowOpen = true }
@@ -109,17 +136,42 @@ public struct SnapshotBatcher<Waiter: Sendable>: Sendable {
 
     /// Read `id` has ended (done, failed or abandoned): its slot is free.
     public mutating func readFinished(_ id: ReadID) -> [Action] {
-        guard let key = reads.removeValue(forKey: id) else { return [] }
-        if var group = groups[key] {
+        guard let read = reads.removeValue(forKey: id) else { return [] }
+        if read.stalled { stalled -= 1 }
+        readsByUser[read.user, default: 1] -= 1
+        if readsByUser[read.user] == 0 { readsByUser[read.user] = nil }
+        var actions: [Action] = []
+        if var group = groups[read.key] {
             group.reading = nil
-            groups[key] = group
+            groups[read.key] = group
             if group.waiting.isEmpty && !group.windowOpen {
-                groups[key] = nil
+                groups[read.key] = nil
             } else if !group.windowOpen && !group.queued {
-                return becomeReady(key)
+                actions = becomeReady(read.key)
             }
         }
-        return drain()
+        offerTurn(read.user)
+        return actions + drain()
+    }
+
+    /// Read `id` is waiting for a socket that does not take its chunk: while it does, it stops
+    /// counting against `concurrency` (when fewer than `maximumStalledReads` do). Returns whether
+    /// it did, and the reads that may start now.
+    public mutating func readStalled(_ id: ReadID) -> (parked: Bool, actions: [Action]) {
+        guard var read = reads[id], !read.stalled, stalled < maximumStalledReads else { return (false, []) }
+        read.stalled = true
+        reads[id] = read
+        stalled += 1
+        return (true, drain())
+    }
+
+    /// A parked read's sockets took their chunk: it counts against `concurrency` again (reads
+    /// already started keep running; no new one starts until the count is below it).
+    public mutating func readResumed(_ id: ReadID) {
+        guard var read = reads[id], read.stalled else { return }
+        read.stalled = false
+        reads[id] = read
+        stalled -= 1
     }
 
     private mutating func becomeReady(_ key: SnapshotShareKey) -> [Action] {
@@ -128,20 +180,36 @@ public struct SnapshotBatcher<Waiter: Sendable>: Sendable {
         if group.reading == nil && !group.queued {
             group.queued = true
             groups[key] = group
-            ready.append(key)
+            readyByUser[group.user, default: []].append(key)
+            offerTurn(group.user)
         }
         return drain()
     }
 
+    private mutating func offerTurn(_ user: String) {
+        guard !hasTurn.contains(user), readsByUser[user, default: 0] < readsPerUser,
+              readyByUser[user]?.isEmpty == false else { return }
+        hasTurn.insert(user)
+        turns.append(user)
+    }
+
     private mutating func drain() -> [Action] {
         var actions: [Action] = []
-        while reads.count < concurrency, readyStart < ready.count {
-            let key = ready[readyStart]
-            readyStart += 1
-            guard var group = groups[key] else { continue }
+        while reads.count - stalled < concurrency, turnStart < turns.count {
+            let user = turns[turnStart]
+            turnStart += 1
+            hasTurn.remove(user)
+            guard var queue = readyByUser[user], !queue.isEmpty else { continue }
+            let key = queue.removeFirst()
+            readyByUser[user] = queue.isEmpty ? nil : queue
+            guard var group = groups[key] else {
+                offerTurn(user)
+                continue
+            }
             group.queued = false
             guard !group.waiting.isEmpty else {
                 groups[key] = group.windowOpen ? group : nil
+                offerTurn(user)
                 continue
             }
             nextRead += 1
@@ -150,15 +218,17 @@ public struct SnapshotBatcher<Waiter: Sendable>: Sendable {
             group.waiting = []
             group.reading = id
             groups[key] = group
-            reads[id] = key
+            reads[id] = Read(key: key, user: user)
+            readsByUser[user, default: 0] += 1
+            offerTurn(user)
             actions.append(.startRead(id, key, waiters))
         }
-        if readyStart == ready.count {
-            ready.removeAll(keepingCapacity: true)
-            readyStart = 0
-        } else if readyStart > 1024 && readyStart * 2 > ready.count {
-            ready.removeFirst(readyStart)
-            readyStart = 0
+        if turnStart == turns.count {
+            turns.removeAll(keepingCapacity: true)
+            turnStart = 0
+        } else if turnStart > 1024 && turnStart * 2 > turns.count {
+            turns.removeFirst(turnStart)
+            turnStart = 0
         }
         return actions
     }

@@ -26,10 +26,15 @@ public enum ClientMessage: Hashable, Sendable {
         public var target: Target
         /// The raw `after` text; parsed by the server, which knows the epoch.
         public var after: String?
-        public init(id: String, target: Target, after: String?) {
+        /// `"conflate": true` (collections only): while the connection's outbound queue is over
+        /// the server's threshold, the feed's pending changes to one row key merge into one
+        /// (protocol §3.8). False: the exact stream.
+        public var conflate: Bool
+        public init(id: String, target: Target, after: String?, conflate: Bool = false) {
             self.id = id
             self.target = target
             self.after = after
+            self.conflate = conflate
         }
     }
 
@@ -127,6 +132,12 @@ extension ClientMessage {
             case .string(let a)?: after = a
             default: throw fail("'after' must be a cursor string", ref: ref)
             }
+            var conflate = false
+            switch value["conflate"] {
+            case nil, .null?: break
+            case .bool(let b)?: conflate = b
+            default: throw fail("'conflate' must be a boolean", ref: ref)
+            }
             // `null` means absent, as for every optional field.
             let collection = value["collection"] == .null ? nil : value["collection"]
             let topic = value["topic"] == .null ? nil : value["topic"]
@@ -153,11 +164,14 @@ extension ClientMessage {
                     }
                 default: throw fail("'where' must be an object of column to scalar", ref: ref)
                 }
-                return .subscribe(Subscribe(id: id, target: .collection(name: collectionName, filter: filter), after: after))
+                return .subscribe(Subscribe(id: id, target: .collection(name: collectionName, filter: filter), after: after,
+                                            conflate: conflate))
             case (nil, let t?):
                 if value["where"] != nil, value["where"] != .null {
                     throw fail("'where' applies to collections, not topics", ref: ref)
                 }
+                // Topic messages never merge (each has its own cursor and payload).
+                if conflate { throw fail("'conflate' applies to collections, not topics", ref: ref) }
                 return .subscribe(Subscribe(id: id, target: .topic(try name("topic", of: t, ref: ref)), after: after))
             }
 

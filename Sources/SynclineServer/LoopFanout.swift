@@ -65,6 +65,7 @@ final class LoopFanout {
         }
         subscriber.slot = -1
         subscriber.listed = .none
+        subscriber.conflation?.discard()  // a restart's snapshot or the end supersedes what it held
     }
 
     private func addLive(_ subscriber: Subscriber) {
@@ -223,7 +224,11 @@ final class LoopFanout {
         guard subscriber.machine.batch(after: batch.after, through: batch.through, generation: generation, matched: true) == .send,
               let connection = subscriber.connection
         else { return 1 }
-        connection.send(body, to: subscriber, through: batch.through)
+        if let conflation = subscriber.conflation {
+            connection.deliverConflating(body, records: batch.records, to: subscriber, conflation: conflation, through: batch.through)
+        } else {
+            connection.send(body, to: subscriber, through: batch.through)
+        }
         return 1
     }
 
@@ -293,6 +298,10 @@ final class LoopFanout {
                 if !policyHolds.isEmpty && policyHolds.isHeld(subscriber) { continue }
                 subscriber.machine.advanced(through: head)
                 if case .topic = subscriber.key { continue }
+                if let conflation = subscriber.conflation {
+                    subscriber.connection?.deliverConflating(body, records: [], to: subscriber, conflation: conflation, through: head)
+                    continue
+                }
                 subscriber.connection?.send(body, to: subscriber, through: head)
             }
         }

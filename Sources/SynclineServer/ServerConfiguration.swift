@@ -33,12 +33,19 @@ public struct ServerConfiguration: Sendable {
     public var maximumMessageBytes = 1 << 20
     /// Outbound bytes queued on one connection before it is closed with 4008 (it resumes).
     public var maximumOutboundBytes = 4 << 20
+    /// Conflating subscriptions (`"conflate": true`): past this many bytes queued on their
+    /// connection, their pending changes to one row key merge before they are written.
+    public var conflateAfterBytes = 256 << 10
     /// Open WebSocket connections; more are refused with HTTP 503.
     public var maximumConnections = 50_000
     /// Subscriptions per connection.
     public var maximumSubscriptionsPerConnection = 100
     /// Client messages per second per connection (token bucket, burst = 2×).
     public var maximumMessagesPerSecond = 200
+    /// WebSocket frames one connection may have decoded and handled per event-loop pass (each
+    /// pass is also at most one socket read); the rest wait for the next pass, so a flooding
+    /// connection cannot stall the others on its loop (docs/security.md, "Flood isolation").
+    public var maximumFramesPerPass = 32
     /// Server ping period; a connection silent for two periods is closed.
     public var heartbeatMilliseconds: Int64 = 15_000
     /// Snapshot chunking.
@@ -54,6 +61,10 @@ public struct ServerConfiguration: Sendable {
     /// A sharer whose snapshot chunk has not reached its socket after this long is closed with
     /// 4008, so that one slow reader cannot hold up the others of its read.
     public var snapshotShareStallMilliseconds = 10_000
+    /// A snapshot subscriber whose chunks have waited for its socket this long in all (counting
+    /// each chunk's wait past 200 ms) is closed with 4008 and its read ends, freeing the
+    /// transaction and pool connection; it resubscribes later (docs/security.md, "Snapshot stalls").
+    public var snapshotStallTimeoutMilliseconds = 30_000
     /// Recent changes kept in memory to serve catch-ups without reading Postgres.
     public var ringCapacity = 20_000
     /// Change-log records read per page when cursors older than the ring catch up (one scan per

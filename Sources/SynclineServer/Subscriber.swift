@@ -29,6 +29,10 @@ final class Subscriber {
     /// When a frame last carried this subscriber's cursor forward (the idle advance).
     var lastSent: NIODeadline = .now()
     var lastSentPosition: Int64 = 0
+    /// Set when the client asked for `"conflate": true`: the fan-out hands this subscriber's
+    /// deliveries to `SyncConnection.deliverConflating`, which merges them while the connection's
+    /// outbound queue is over the threshold. Nil (the exact stream) costs the fan-out one check.
+    var conflation: ConflatingDelivery?
 
     init(id: String, key: FeedKey, feedID: FeedID, generation: UInt64, connection: SyncConnection) {
         self.id = id

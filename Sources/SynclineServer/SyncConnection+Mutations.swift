@@ -61,7 +61,8 @@ extension SyncConnection {
     func feedsDelivered(through position: Int64, loopHead: Int64) -> Bool {
         guard !subscribers.isEmpty else { return true }
         guard loopHead >= position else { return false }
-        for subscriber in subscribers.values where subscriber.machine.holds(until: position) {
+        for subscriber in subscribers.values
+        where subscriber.machine.holds(until: position) || subscriber.conflation?.holds(until: position) == true {
             return false
         }
         // A feed held for a policy re-check has not been sent what it is held from.

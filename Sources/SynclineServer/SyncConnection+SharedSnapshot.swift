@@ -12,7 +12,7 @@ extension SyncConnection {
         let loop = context.eventLoop
         let sharer = SnapshotSharer(
             connection: bound, subscriber: NIOLoopBound(subscriber, eventLoop: loop), loop: loop, run: run, mode: mode,
-            id: subscriber.id, claims: identity.claims,
+            id: subscriber.id, claims: identity.claims, user: identity.sub,
             prefix: ByteBuffer(string: ServerMessage.snapshotPrefix(sub: subscriber.id)))
         environment.snapshots.request(subscriber.key, sharer)
     }

@@ -91,6 +91,7 @@ extension SyncConnection {
         let key = resolution.key, mode = resolution.mode, resumeAfter = resolution.resumeAfter
         let (feedID, generation) = environment.hub.retain(key)
         let subscriber = Subscriber(id: request.id, key: key, feedID: feedID, generation: generation, connection: self)
+        if request.conflate { subscriber.conflation = ConflatingDelivery(key: key) }
         subscribers[request.id] = subscriber
         let start: SubscriptionStateMachine.Start = resumeAfter.map { .resume(after: $0) } ?? .snapshot(reset: mode == .reset)
         carryOut(subscriber.machine.resolved(start, loop: fanout.position), for: subscriber)

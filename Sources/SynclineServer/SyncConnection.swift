@@ -45,7 +45,9 @@ final class SyncConnection: ChannelInboundHandler {
     var expiry: Scheduled<Void>?
     var tokens: Double
     var lastRefill = NIODeadline.now()
-    var refusedInARow = 0
+    /// Messages refused in the current refusal window (one second from the first refusal).
+    var refusedInWindow = 0
+    var refusalWindowStart = NIODeadline.distantPast
     /// The connection's logger: the shared one with this session's metadata, built only when a
     /// line is logged (a per-connection metadata dictionary would cost every idle connection).
     var logger: Logger {
@@ -129,7 +131,10 @@ final class SyncConnection: ChannelInboundHandler {
     }
 
     /// Token bucket: `maximumMessagesPerSecond`, burst twice that. Refused messages get
-    /// `rate_limited`; a client that keeps flooding is closed with 1008.
+    /// `rate_limited`; more than a second's worth refused within one second closes with 1008.
+    /// Refusals are counted per window, not in a row: a flooder whose reads the loop paces
+    /// (`WebSocketFrameReader`) earns a token now and then, and a count in a row would restart
+    /// at each one and never close it.
     func admitMessage() -> Bool {
         let rate = Double(environment.configuration.maximumMessagesPerSecond)
         let now = NIODeadline.now()
@@ -137,11 +142,15 @@ final class SyncConnection: ChannelInboundHandler {
         lastRefill = now
         if tokens >= 1 {
             tokens -= 1
-            refusedInARow = 0
             return true
         }
-        refusedInARow += 1
-        if refusedInARow > Int(rate) {
+        if now - refusalWindowStart > .seconds(1) {
+            refusalWindowStart = now
+            refusedInWindow = 0
+        }
+        refusedInWindow += 1
+        if refusedInWindow > Int(rate) {
+            environment.rateLimitClosesCounter.increment()
             close(.policyViolation, reason: "message rate limit exceeded")
         } else {
             sendText(ServerMessage.error(code: .rateLimited, message: "too many messages; slow down",

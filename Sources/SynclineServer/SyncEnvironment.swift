@@ -22,6 +22,8 @@ final class SyncEnvironment: Sendable {
     let connections = NIOLockedValueBox(0)
     let connectionsGauge = Gauge(label: "syncline_connections")
     let errorsCounter = Counter(label: "syncline_client_errors_total")
+    /// Connections closed with 1008 by the message rate limit.
+    let rateLimitClosesCounter = Counter(label: "syncline_rate_limit_closes_total")
     let closesCounter = Counter(label: "syncline_closes_total")
     /// Per-address and per-user connection tables (`ConnectionLimits`).
     let limits: ConnectionLimits

@@ -139,7 +139,8 @@ public final class SynclineApplication: Sendable {
                                   backgroundLogger: logger)
         let snapshots = PostgresClient(
             configuration: try settings.clientConfiguration(applicationName: "syncline-snapshot",
-                                                            maximumConnections: configuration.snapshotConcurrency),
+                                                            // one more per parked (stalled) read: SnapshotCoordinator
+                                                            maximumConnections: configuration.snapshotConcurrency * 2),
             backgroundLogger: logger)
         let catalog = CollectionCatalog(client: snapshots, logger: logger)
         let reader = FeedReader(client: snapshots, catalog: catalog, logger: logger)

@@ -43,6 +43,9 @@ final class SynclineServer: Service, Sendable {
                 .serverChannelOption(.backlog, value: 4096)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                // One socket read per connection per loop pass (NIO's default is 4): with the frame
+                // reader's budget, this bounds what one connection does before others get a turn.
+                .childChannelOption(.maxMessagesPerRead, value: 1)
                 .childChannelOption(.writeBufferWaterMark,
                                     value: .init(low: configuration.maximumOutboundBytes / 2, high: configuration.maximumOutboundBytes))
                 .childChannelInitializer { channel in
@@ -104,6 +107,7 @@ final class SynclineServer: Service, Sendable {
         let configuration = environment.configuration
         let upgrader = WebSocketUpgrader(
             maxFrameSize: WebSocketProtocolHandler.maximumFrameSize(messageLimit: configuration.maximumMessageBytes),
+            framesPerPass: configuration.maximumFramesPerPass,
             shouldUpgrade: { channel, head in
                 shouldUpgrade(channel, head, environment: environment, decision: decision)
             },

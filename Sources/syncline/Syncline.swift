@@ -95,6 +95,10 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("max-outbound-bytes"), help: "Outbound queue per connection before closing it with 4008.")
     var maxOutboundBytes = 4 << 20
 
+    @Option(name: .customLong("conflate-after-bytes"),
+            help: "Subscriptions with \"conflate\": true merge pending changes by row key once this much is queued on their connection.")
+    var conflateAfterBytes = 256 << 10
+
     @Option(name: .customLong("max-connections"), help: "Concurrent WebSocket connections (HTTP 503 above).")
     var maxConnections = 50_000
 
@@ -103,6 +107,9 @@ struct Serve: AsyncParsableCommand {
 
     @Option(name: .customLong("max-messages-per-second"), help: "Client messages per second per connection.")
     var maxMessagesPerSecond = 200
+
+    @Option(name: .customLong("max-frames-per-pass"), help: "WebSocket frames one connection has handled per event-loop pass; the rest wait for the next (flood isolation).")
+    var maxFramesPerPass = 32
 
     @Option(name: .customLong("heartbeat-ms"), help: "WebSocket ping period; silent for two periods closes.")
     var heartbeatMS: Int64 = 15_000
@@ -117,6 +124,10 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("snapshot-share-stall-ms"),
             help: "A shared snapshot's reader whose chunk has not reached its socket after this long is closed with 4008.")
     var snapshotShareStallMS = 10_000
+
+    @Option(name: .customLong("snapshot-stall-timeout"),
+            help: "Seconds a snapshot subscriber's socket may keep its read waiting in all (each chunk's wait past 200 ms) before it is closed with 4008 and the read ends.")
+    var snapshotStallTimeout: Double = 30
 
     @Option(name: .customLong("ring-capacity"), help: "Recent changes kept in memory for catch-ups.")
     var ringCapacity = 20_000
@@ -258,9 +269,15 @@ struct Serve: AsyncParsableCommand {
         server.staticMaximumFileBytes = staticMaxFileBytes
         server.maximumMessageBytes = maxMessageBytes
         server.maximumOutboundBytes = maxOutboundBytes
+        guard conflateAfterBytes >= 0 else { throw ValidationError("--conflate-after-bytes must not be negative") }
+        server.conflateAfterBytes = conflateAfterBytes
         server.maximumConnections = maxConnections
         server.maximumSubscriptionsPerConnection = maxSubscriptions
         server.maximumMessagesPerSecond = maxMessagesPerSecond
+        guard maxFramesPerPass >= 1 else { throw ValidationError("--max-frames-per-pass must be at least 1") }
+        server.maximumFramesPerPass = maxFramesPerPass
+        guard snapshotStallTimeout > 0, snapshotStallTimeout <= 86_400 else { throw ValidationError("--snapshot-stall-timeout must be in (0, 86400] seconds") }
+        server.snapshotStallTimeoutMilliseconds = Int(snapshotStallTimeout * 1000)
         server.heartbeatMilliseconds = heartbeatMS
         guard snapshotConcurrency >= 1 else { throw ValidationError("--snapshot-concurrency must be at least 1") }
         server.snapshotConcurrency = snapshotConcurrency

@@ -148,3 +148,62 @@ struct SnapshotBatcherTests {
         #expect(batcher.waitingCount == 0)
     }
 }
+
+/// Snapshots cannot be held hostage (docs/security.md, "Snapshot stalls"): one read per user in
+/// flight, users take turns, and stalled reads stop counting against the concurrency.
+@Suite("Snapshot sharing: fairness and stalls")
+struct SnapshotFairnessTests {
+    private static let feedD = SnapshotShareKey(feed: .topic("alerts"), claims: #"{"sub":"bob"}"#)
+    private static let feedE = SnapshotShareKey(feed: .topic("weather"), claims: #"{"sub":"carol"}"#)
+
+    @Test func oneUserHasOneReadInFlightAndUsersTakeTurns() {
+        var batcher = SnapshotBatcher<Int>(concurrency: 4, usesWindow: false, readsPerUser: 1)
+        let first = started(batcher.enqueue(feedA, 1, user: "alice"))
+        #expect(first.map(\.1) == [feedA])
+        // alice's second feed waits behind her first, though slots are free; bob's does not.
+        #expect(started(batcher.enqueue(feedB, 2, user: "alice")).isEmpty)
+        #expect(started(batcher.enqueue(feedC, 3, user: "bob")).map(\.1) == [feedC])
+        #expect(batcher.activeReads == 2)
+        #expect(started(batcher.readFinished(first[0].0)).map(\.1) == [feedB])
+    }
+
+    @Test func turnsAreRoundRobinWhenSlotsAreScarce() {
+        var batcher = SnapshotBatcher<Int>(concurrency: 1, usesWindow: false, readsPerUser: 1)
+        let a = started(batcher.enqueue(feedA, 1, user: "alice"))
+        _ = batcher.enqueue(feedB, 2, user: "alice")
+        _ = batcher.enqueue(feedC, 3, user: "bob")
+        _ = batcher.enqueue(Self.feedE, 4, user: "carol")
+        // alice's next feed became ready before bob's and carol's, but she has had her turn.
+        let b = started(batcher.readFinished(a[0].0))
+        #expect(b.map(\.1) == [feedB] || b.map(\.1) == [feedC])
+        var order = b.map(\.1)
+        var last = b[0].0
+        for _ in 0..<2 {
+            let next = started(batcher.readFinished(last))
+            order += next.map(\.1)
+            last = next[0].0
+        }
+        #expect(Set(order) == [feedB, feedC, Self.feedE])
+        #expect(batcher.waitingCount == 0)
+    }
+
+    @Test func stalledReadsStopCountingUpToTheirLimit() {
+        var batcher = SnapshotBatcher<Int>(concurrency: 1, usesWindow: false, readsPerUser: 1, maximumStalledReads: 1)
+        let a = started(batcher.enqueue(feedA, 1, user: "alice"))
+        #expect(started(batcher.enqueue(feedC, 2, user: "bob")).isEmpty)
+        _ = batcher.enqueue(Self.feedE, 3, user: "carol")
+        // alice's read stalls: bob's starts; bob's stalls too, but only one may be parked.
+        let (parked, actions) = batcher.readStalled(a[0].0)
+        #expect(parked)
+        let b = started(actions)
+        #expect(b.map(\.1) == [feedC])
+        let (parkedToo, none) = batcher.readStalled(b[0].0)
+        #expect(!parkedToo && none.isEmpty)
+        #expect(batcher.stalledReads == 1)
+        // alice's socket took its chunk: she counts again; carol waits until a slot is free.
+        batcher.readResumed(a[0].0)
+        #expect(batcher.stalledReads == 0)
+        #expect(started(batcher.readFinished(b[0].0)).isEmpty)
+        #expect(started(batcher.readFinished(a[0].0)).map(\.1) == [Self.feedE])
+    }
+}

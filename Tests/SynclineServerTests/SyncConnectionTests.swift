@@ -11,8 +11,8 @@ import Testing
 /// mutation submitter (`ConnectionHarness`). The wire-level behaviour of protocol/README.md:
 /// session, feeds (snapshot → live, hand-offs), read-your-writes, errors and limits.
 @Suite struct SyncConnectionTests {
-    /// The handlers the server puts on an upgraded `/v1/sync` channel: NIO's frame decoder as
-    /// `WebSocketUpgrader` adds it, then `SynclineServer.initialize`'s RFC 6455 layer (which
+    /// The handlers the server puts on an upgraded `/v1/sync` channel: the budgeted frame reader
+    /// as `WebSocketUpgrader` adds it, then `SynclineServer.initialize`'s RFC 6455 layer (which
     /// encodes the frames itself) and the connection. The one place to change when the server's
     /// pipeline changes.
     static func addServerHandlers(to channel: NIOAsyncTestingChannel, environment: SyncEnvironment) async throws {
@@ -20,8 +20,9 @@ import Testing
         try await channel.testingEventLoop.executeInContext {
             let webSocket = WebSocketProtocolHandler(options: .init(configuration), deflate: nil)
             try channel.pipeline.syncOperations.addHandlers([
-                ByteToMessageHandler(WebSocketFrameDecoder(
-                    maxFrameSize: WebSocketProtocolHandler.maximumFrameSize(messageLimit: configuration.maximumMessageBytes))),
+                WebSocketFrameReader(
+                    maxFrameSize: WebSocketProtocolHandler.maximumFrameSize(messageLimit: configuration.maximumMessageBytes),
+                    framesPerPass: configuration.maximumFramesPerPass),
                 webSocket,
                 SyncConnection(environment: environment, headerIdentity: nil, webSocket: webSocket),
             ])
@@ -106,7 +107,7 @@ import Testing
     @Test func aFloodGetsRateLimitedThenCloses1008() async throws {
         // 2 messages a second, burst 4: after hello, three pings pass (a fourth if half a second
         // went by: the bucket refills in real time); the next are refused with rate_limited, and
-        // more than a second's worth refused in a row closes.
+        // more than a second's worth refused within a second closes.
         try await H.with(configure: { $0.maximumMessagesPerSecond = 2 }) { h in
             try await h.open()
             try await h.send(Array(repeating: #"{"type":"ping"}"#, count: 8))

@@ -120,7 +120,12 @@ export interface Client {
   on(event: "error", fn: (e: SynclineError) => void): () => void;
   /** Resolves with the ack's result; `mid` resolves with the mutation id once it is durably queued. */
   mutate(name: string, args?: any): Promise<any> & { mid: Promise<number> };
-  subscribe(collection: string, where?: Record<string, any>, opts?: { key?: string[] }): LiveQuery;
+  /**
+   * `opts.conflate`: while the connection is behind, the server may merge this feed's pending
+   * changes by row key (protocol §3.8): fewer intermediate states, the same rows and cursor.
+   * A conflating query is a feed of its own (not shared with an exact one of the same `where`).
+   */
+  subscribe(collection: string, where?: Record<string, any>, opts?: { key?: string[]; conflate?: boolean }): LiveQuery;
   subscribeTopic(topic: string): TopicSubscription;
   /** Wipes the store (IndexedDB) and closes the socket. */
   logout(): Promise<void>;
@@ -138,7 +143,7 @@ export function matchesWhere(where: Record<string, any> | undefined, row: Row): 
 export function decodeToken(token: string): Record<string, any> | null;
 export function backoffDelay(attempt: number, opts?: { baseMs?: number; capMs?: number }, random?: () => number): number;
 export function tokenRefreshDelay(expMs: number, nowMs: number): number;
-export function feedKeyOf(spec: { collection?: string; where?: Record<string, any>; topic?: string }): string;
+export function feedKeyOf(spec: { collection?: string; where?: Record<string, any>; topic?: string; conflate?: boolean }): string;
 
 /** The I/O-free state machine behind a client (exported for tests and other shells). */
 export class SyncCore {

@@ -302,7 +302,9 @@ export function backoffDelay(attempt, { baseMs = 250, capMs = 10_000 } = {}, ran
 
 /** A feed's identity: the same collection + where (or topic) shares one server feed. */
 export function feedKeyOf(spec) {
-  return spec.topic !== undefined ? `t:${spec.topic}` : `c:${spec.collection}:${keyString(spec.where || {})}`;
+  // A conflating feed (protocol §3.8) is its own feed: holders that want every change keep theirs.
+  return spec.topic !== undefined ? `t:${spec.topic}`
+    : `c:${spec.collection}:${keyString(spec.where || {})}${spec.conflate ? ":conflate" : ""}`;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -654,7 +656,8 @@ export class SyncCore {
     if (f) { f.holders.add(holder); return this._take(); }
     const stored = this.stored.get(key);
     f = {
-      key, spec: spec.topic !== undefined ? { topic: spec.topic } : { collection: spec.collection, where: spec.where || {} },
+      key, spec: spec.topic !== undefined ? { topic: spec.topic }
+        : { collection: spec.collection, where: spec.where || {}, ...(spec.conflate ? { conflate: true } : {}) },
       holders: new Set([holder]), cursor: null, pubCursor: null, base: new Map(), view: new Map(), pending: new Set(),
       subId: null, phase: "idle", collected: null, live: false, ready: false, error: null, attempts: 0, triedFresh: false,
     };
@@ -725,7 +728,11 @@ export class SyncCore {
     this.subIds.set(id, f);
     const msg = { type: "subscribe", id };
     if (f.spec.topic !== undefined) msg.topic = f.spec.topic;
-    else { msg.collection = f.spec.collection; if (Object.keys(f.spec.where).length) msg.where = f.spec.where; }
+    else {
+      msg.collection = f.spec.collection;
+      if (Object.keys(f.spec.where).length) msg.where = f.spec.where;
+      if (f.spec.conflate) msg.conflate = true;
+    }
     if (f.cursor != null) msg.after = f.cursor;
     this._send(msg);
   }
@@ -1693,6 +1700,7 @@ class Client extends Emitter {
     const holder = `${this._page}:q${++this._seq}`;
     const spec = { collection, where: where || {} };
     if (opts.key) spec.key = opts.key;
+    if (opts.conflate) spec.conflate = true;
     const key = feedKeyOf(spec);
     const m = this._mirrors.get(key) || new Mirror(key);
     this._mirrors.set(key, m);

@@ -3,7 +3,8 @@ import NIOHTTP1
 import NIOWebSocket
 
 /// The WebSocket upgrade of `/v1/sync` and of the echo endpoint: NIO's handshake (version, key,
-/// `Sec-WebSocket-Accept`, the caller's `shouldUpgrade`), then NIO's frame decoder and whatever
+/// `Sec-WebSocket-Accept`, the caller's `shouldUpgrade`), then the budgeted frame reader
+/// (`WebSocketFrameReader`, around NIO's frame decoder) and whatever
 /// `upgradePipelineHandler` adds (`WebSocketProtocolHandler` and the application). Unlike
 /// `NIOWebSocketServerUpgrader.upgrade`, it adds neither NIO's frame encoder (the protocol handler
 /// writes frame bytes itself, directly above TLS or the socket) nor NIO's error handler (the
@@ -13,13 +14,15 @@ final class WebSocketUpgrader: HTTPServerProtocolUpgrader, Sendable {
     let requiredUpgradeHeaders: [String] = []
     private let handshake: NIOWebSocketServerUpgrader
     private let maxFrameSize: Int
+    private let framesPerPass: Int
     private let upgradePipelineHandler: @Sendable (any Channel) throws -> Void
 
     /// `upgradePipelineHandler` runs on the channel's event loop, after the decoder was added.
-    init(maxFrameSize: Int,
+    init(maxFrameSize: Int, framesPerPass: Int = ServerConfiguration().maximumFramesPerPass,
          shouldUpgrade: @escaping @Sendable (any Channel, HTTPRequestHead) -> EventLoopFuture<HTTPHeaders?>,
          upgradePipelineHandler: @escaping @Sendable (any Channel) throws -> Void) {
         self.maxFrameSize = maxFrameSize
+        self.framesPerPass = framesPerPass
         self.upgradePipelineHandler = upgradePipelineHandler
         self.handshake = NIOWebSocketServerUpgrader(
             maxFrameSize: maxFrameSize, automaticErrorHandling: false, shouldUpgrade: shouldUpgrade,
@@ -34,9 +37,10 @@ final class WebSocketUpgrader: HTTPServerProtocolUpgrader, Sendable {
     func upgrade(context: ChannelHandlerContext, upgradeRequest: HTTPRequestHead) -> EventLoopFuture<Void> {
         let channel = context.channel
         let maxFrameSize = self.maxFrameSize
+        let framesPerPass = self.framesPerPass
         let upgradePipelineHandler = self.upgradePipelineHandler
         return channel.eventLoop.makeCompletedFuture {
-            try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: maxFrameSize)))
+            try channel.pipeline.syncOperations.addHandler(WebSocketFrameReader(maxFrameSize: maxFrameSize, framesPerPass: framesPerPass))
             try upgradePipelineHandler(channel)
         }
     }

@@ -165,3 +165,39 @@ test("a tab going away deactivates its feeds but keeps them stored; its reload r
   h.subscribe("tabB3:q1", ACC);
   assert.deepEqual(ids(h), ["a", "b"]);
 });
+
+test("conflate: true is sent on subscribe, is a feed of its own, and a merged stream (delete+insert as update) applies by key", () => {
+  const CONF = { ...ACC, conflate: true };
+  assert.notEqual(feedKeyOf(CONF), feedKeyOf(ACC));
+  const h = new Harness();
+  h.subscribe("exact", ACC);
+  h.subscribe("merged", CONF);
+  const [exactID, mergedID] = h.live([{ rows: [acct("a", "1.00"), acct("b", "2.00")] }, { rows: [acct("a", "1.00"), acct("b", "2.00")] }]);
+  h.recv({ type: "changes", sub: exactID, cursor: "E.7", changes: [
+    { op: "delete", key: { id: "a" }, row: null },
+    { op: "insert", key: { id: "c" }, row: acct("c", "3.00") },
+    { op: "insert", key: { id: "a" }, row: acct("a", "1.25") },
+    { op: "update", key: { id: "c" }, row: acct("c", "3.50") },
+    { op: "update", key: { id: "b" }, row: acct("b", "2.10") },
+    { op: "delete", key: { id: "b" }, row: null },
+  ] });
+  // The same history as the server merges it for a conflating feed (protocol §3.8).
+  h.recv({ type: "changes", sub: mergedID, cursor: "E.7", changes: [
+    { op: "update", key: { id: "a" }, row: acct("a", "1.25") },
+    { op: "insert", key: { id: "c" }, row: acct("c", "3.50") },
+    { op: "delete", key: { id: "b" }, row: null },
+  ] });
+  assert.deepEqual(ids(h, CONF), ids(h, ACC));
+  assert.deepEqual(ids(h, CONF), ["a", "c"]);
+  assert.equal(h.shown(CONF, "a"), "1.25");
+  assert.equal(h.shown(CONF, "c"), "3.50");
+  assert.equal(storedFeed(h, CONF).cursor, storedFeed(h, ACC).cursor);
+
+  const w = new Harness();
+  w.subscribe("exact", ACC).subscribe("merged", CONF);
+  w.start().open().welcome();
+  const sent = w.takeSent().filter((m) => m.type === "subscribe");
+  assert.equal(sent.length, 2);
+  assert.equal(sent.filter((m) => m.conflate === true).length, 1);
+  assert.equal(sent.filter((m) => "conflate" in m).length, 1, "an exact feed sends no conflate field");
+});
