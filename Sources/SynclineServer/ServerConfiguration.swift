@@ -75,6 +75,8 @@ public struct ServerConfiguration: Sendable {
     /// PEM certificate chain and private key: serve HTTPS/WSS instead of plain HTTP/WS.
     public var tlsCertificatePath: String?
     public var tlsKeyPath: String?
+    /// What the node prunes and how often (`RetentionPolicy`; one node at a time across a deployment).
+    public var retention = RetentionPolicy()
 
     public init() {}
 }

@@ -34,6 +34,8 @@ public final class SynclineApplication: Sendable {
     private let serviceGroup: ServiceGroup
     private let server: SynclineServer
     public let hub: Hub
+    /// The retention service (nil when `retention` prunes nothing).
+    public let retention: RetentionService?
     private let logger: Logger
 
     /// Shared snapshot reads so far (also the `syncline_snapshot_*` metrics).
@@ -161,6 +163,11 @@ public final class SynclineApplication: Sendable {
         if let path = configuration.jwksFilePath {
             services.append(JWKSReloader(path: path, authenticator: authenticator, logger: logger))
         }
+        let retention = configuration.retention.isEnabled ? RetentionService(
+            client: main, policy: configuration.retention,
+            node: "\(ProcessInfo.processInfo.hostName):\(ProcessInfo.processInfo.processIdentifier):\(configuration.port)",
+            logger: logger) : nil
+        if let retention { services.append(retention) }
         if options.demoSchemaPath != nil && options.demoGenerator {
             services.append(DemoGenerator(client: main, logger: logger))
         }
@@ -170,17 +177,18 @@ public final class SynclineApplication: Sendable {
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
         return SynclineApplication(databaseURL: url, cluster: cluster, group: group, serviceGroup: serviceGroup,
-                                   server: server, hub: hub, logger: logger)
+                                   server: server, hub: hub, retention: retention, logger: logger)
     }
 
     private init(databaseURL: String, cluster: DevelopmentCluster?, group: MultiThreadedEventLoopGroup,
-                 serviceGroup: ServiceGroup, server: SynclineServer, hub: Hub, logger: Logger) {
+                 serviceGroup: ServiceGroup, server: SynclineServer, hub: Hub, retention: RetentionService?, logger: Logger) {
         self.databaseURL = databaseURL
         self.cluster = cluster
         self.group = group
         self.serviceGroup = serviceGroup
         self.server = server
         self.hub = hub
+        self.retention = retention
         self.logger = logger
     }
 

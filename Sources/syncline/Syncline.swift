@@ -160,6 +160,17 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("websocket-compression"), help: "permessage-deflate: off, shared or context-takeover.")
     var websocketCompression = WebSocketCompression.Mode.shared.rawValue
 
+    @Option(name: .customLong("retain-changes"),
+            help: "Prune the change log: a duration (30d, 12h, 15m), a count of newest changes to keep, or off. Resumes from before the pruned range get reset.")
+    var retainChanges = "30d"
+
+    @Option(name: .customLong("retain-outcomes"),
+            help: "Prune mutation outcomes older than this (a duration, or off); resending a pruned mid gets outcome_expired.")
+    var retainOutcomes = "30d"
+
+    @Option(name: .customLong("retention-interval"), help: "How often nodes prune (a duration); one node prunes per interval.")
+    var retentionInterval = "5m"
+
     func run() async throws {
         let logger = database.logger()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: SynclineMetrics.registry))
@@ -216,6 +227,18 @@ struct Serve: AsyncParsableCommand {
             throw ValidationError("--websocket-compression must be off, shared or context-takeover")
         }
         server.webSocketCompression.mode = compressionMode
+        guard let changes = RetentionPolicy.changes(retainChanges) else {
+            throw ValidationError("--retain-changes must be a duration (30d, 12h, 15m, 90s), a count of at least 1, or off")
+        }
+        guard let outcomes = RetentionPolicy.outcomes(retainOutcomes) else {
+            throw ValidationError("--retain-outcomes must be a duration (30d, 12h, 15m, 90s) or off")
+        }
+        guard let interval = RetentionPolicy.duration(retentionInterval), interval >= .seconds(1) else {
+            throw ValidationError("--retention-interval must be a duration of at least 1s")
+        }
+        server.retention.changes = changes
+        server.retention.outcomesAge = outcomes
+        server.retention.interval = interval
         options.server = server
         let app: SynclineApplication
         do {
