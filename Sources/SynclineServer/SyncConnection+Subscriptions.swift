@@ -17,6 +17,8 @@ extension SyncConnection {
         let environment = self.environment
         let bound = self.bound
         let loop = context.eventLoop
+        let span = startRequestSpan(RequestSpans.subscribe)
+        if span.isRecording { span.attributes["syncline.subscription"] = request.id }
         Task {
             let outcome: Result<Resolution, any Error>
             do {
@@ -28,9 +30,12 @@ extension SyncConnection {
                 let connection = bound.value
                 switch outcome {
                 case .success(let resolution):
+                    if span.isRecording { span.attributes["syncline.feed"] = resolution.key.description }
+                    RequestSpans.end(span, outcome: resolution.mode.rawValue)
                     connection.subscriptionResolved(request, attempt: attempt, resolution: resolution)
                 case .failure(let error):
-                    let (code, message, retry) = SyncConnection.describe(error, logger: environment.logger)
+                    let (code, message, retry) = SyncConnection.describe(error, logger: connection.subscriptionLogger(request.id))
+                    RequestSpans.end(span, outcome: "error", failure: code.rawValue)
                     connection.subscriptionFailed(request.id, attempt: attempt, code: code, message: message, retryAfterMS: retry)
                 }
                 connection.flushIfNeeded()
@@ -83,6 +88,7 @@ extension SyncConnection {
         let subscriber = Subscriber(id: request.id, key: key, feedID: feedID, generation: generation, connection: self)
         subscribers[request.id] = subscriber
         let start: SubscriptionStateMachine.Start = resumeAfter.map { .resume(after: $0) } ?? .snapshot(reset: mode == .reset)
+        subscriptionLogger(request.id).debug("subscribed", metadata: ["mode": "\(mode.rawValue)", "feed": "\(key)"])
         carryOut(subscriber.machine.resolved(start, loop: fanout.position), for: subscriber)
     }
 
@@ -120,7 +126,7 @@ extension SyncConnection {
                 goLive(subscriber, body: body, through: through, young: young)
             case .restart(let reason, let run):
                 guard !closing else { return }
-                logger.info("restarting feed", metadata: ["sub": "\(subscriber.id)", "reason": "\(reason.message)"])
+                subscriptionLogger(subscriber.id).info("restarting feed", metadata: ["reason": "\(reason.message)"])
                 fanout.remove(subscriber)
                 requestSnapshot(subscriber, mode: .reset, run: run)
             case .end(let reason):
@@ -173,7 +179,7 @@ extension SyncConnection {
     /// client may subscribe again from its cursor).
     func catchUpFailed(_ subscriber: Subscriber, error: any Error) {
         guard owns(subscriber) else { return }
-        let (code, message, retry) = SyncConnection.describe(error, logger: environment.logger)
+        let (code, message, retry) = SyncConnection.describe(error, logger: subscriptionLogger(subscriber.id))
         endSubscription(subscriber, code: code, message: message, retryAfterMS: retry)
     }
 

@@ -48,12 +48,10 @@ final class SyncConnection: ChannelInboundHandler {
     var refusedInARow = 0
     /// The connection's logger: the shared one with this session's metadata, built only when a
     /// line is logged (a per-connection metadata dictionary would cost every idle connection).
-    var logger: Logger {
-        var logger = environment.logger
-        logger[metadataKey: "session"] = "\(sessionID.prefix(8))"
-        if let sub = identity?.sub { logger[metadataKey: "sub"] = "\(sub)" }
-        return logger
-    }
+    /// Connection, session, client_id and sub are on every line (`ConnectionLogging.swift`).
+    var logger: Logger { ConnectionLogging.logger(environment.logger, connection: connectionNumber, session: sessionID,
+                                                  clientID: clientID, sub: identity?.sub) }
+    let connectionNumber = ConnectionLogging.nextConnectionNumber()
 
     init(environment: SyncEnvironment, headerIdentity: Identity?, webSocket: WebSocketProtocolHandler) {
         self.environment = environment
@@ -141,6 +139,7 @@ final class SyncConnection: ChannelInboundHandler {
             return true
         }
         refusedInARow += 1
+        RequestMetrics.refused(.messageRate)
         if refusedInARow > Int(rate) {
             close(.policyViolation, reason: "message rate limit exceeded")
         } else {
@@ -182,6 +181,7 @@ final class SyncConnection: ChannelInboundHandler {
     func tearDown() {
         guard !tornDown else { return }
         tornDown = true
+        logger.debug("connection closed")
         closing = true
         expiry?.cancel()
         resolving = [:]

@@ -38,7 +38,18 @@ struct DatabaseOptions: ParsableArguments {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical (env SYNCLINE_LOG_LEVEL).")
     var logLevel = ProcessInfo.processInfo.environment["SYNCLINE_LOG_LEVEL"] ?? "info"
 
+    @Option(name: .customLong("log-format"), help: "text, or json: one JSON object per line (env SYNCLINE_LOG_FORMAT).")
+    var logFormat = ProcessInfo.processInfo.environment["SYNCLINE_LOG_FORMAT"] ?? "text"
+
+    func validate() throws {
+        guard ["text", "json"].contains(logFormat) else { throw ValidationError("--log-format must be text or json") }
+    }
+
     func logger() -> Logger {
+        // Once per process (each command calls this once): every logger, the libraries' too.
+        if logFormat == "json" {
+            LoggingSystem.bootstrap({ label, provider in JSONLogHandler(label: label, metadataProvider: provider) }, metadataProvider: nil)
+        }
         var logger = Logger(label: "syncline")
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
         return logger
