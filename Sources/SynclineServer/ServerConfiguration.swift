@@ -68,6 +68,17 @@ public struct ServerConfiguration: Sendable {
     public var mutations = MutationExecutor.Configuration()
     /// How long shutdown waits for connections to close after sending 1001.
     public var shutdownGrace: TimeAmount = .seconds(5)
+    /// On SIGTERM, how long `/readyz` fails while the node keeps serving, before the 1001 closes
+    /// (two health-check intervals of the balancer, so it stops routing here first; 0: none).
+    public var drainMilliseconds: Int64 = 4_000
+    /// This node's name in `syncline.nodes` and in its canaries (nil: hostname:pid).
+    public var nodeID: String?
+    /// Canary period: each node publishes one through its own change log and times its own tail
+    /// seeing it (0: no canary; readiness then follows the tail's connection alone).
+    public var canaryIntervalMilliseconds: Int64 = 1_000
+    /// Canary lag beyond which the node is late: `/readyz` fails, and the node closes its sockets
+    /// with 1001 when another node is healthy (docs/metrics.md, docs/operations.md).
+    public var canaryLateMilliseconds: Int64 = 5_000
     /// Event loop threads (default: one per core).
     public var eventLoopThreads = System.coreCount
     /// permessage-deflate (RFC 7692): off, shared (default) or context-takeover.

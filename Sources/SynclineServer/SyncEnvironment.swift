@@ -23,6 +23,8 @@ final class SyncEnvironment: Sendable {
     let connectionsGauge = Gauge(label: "syncline_connections")
     let errorsCounter = Counter(label: "syncline_client_errors_total")
     let closesCounter = Counter(label: "syncline_closes_total")
+    /// Delivery health: the canary, readiness, the drain.
+    let health: NodeHealth
 
     init(configuration: ServerConfiguration, hub: Hub, reader: any FeedReading, clients: any ClientRegistering,
          mutations: any MutationSubmitting, authenticator: Authenticator, logger: Logger) {
@@ -33,6 +35,7 @@ final class SyncEnvironment: Sendable {
         self.mutations = mutations
         self.authenticator = authenticator
         self.logger = logger
+        self.health = NodeHealth(configuration)
         self.snapshots = SnapshotCoordinator(reader: reader, epoch: hub.epoch, configuration: configuration, logger: logger)
     }
 

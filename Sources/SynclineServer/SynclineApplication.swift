@@ -41,6 +41,9 @@ public final class SynclineApplication: Sendable {
     /// Shared snapshot reads so far (also the `syncline_snapshot_*` metrics).
     public var snapshotReads: SnapshotReadStats { server.environment.snapshots.stats }
 
+    /// Delivery health: the canary's lag, readiness, the drain.
+    public var health: NodeHealth { server.environment.health }
+
     /// Prepares everything that must exist before serving: the cluster, migrations, the demo
     /// schema, the cursor epoch and the position the tail starts from.
     public static func prepare(_ options: Options, logger: Logger) async throws -> SynclineApplication {
@@ -154,11 +157,17 @@ public final class SynclineApplication: Sendable {
             mutations: mutations, authenticator: authenticator, logger: logger)
         let tail = ChangeTail(
             connection: try settings.connectionConfiguration(applicationName: "syncline-tail"), startAfter: head, logger: logger
-        ) { event in await hub.handle(event) }
+        ) { [health = environment.health] event in
+            let through = await hub.handle(event)
+            health.observe(event)  // after delivery: the canary times commit → delivered
+            return through
+        }
         let server = SynclineServer(environment: environment, group: group, assets: assets)
         var services: [any Service] = [
             main, snapshots, tail, mutations,
-            HeartbeatService(hub: hub, group: group, period: .milliseconds(configuration.heartbeatMilliseconds)), server,
+            HeartbeatService(hub: hub, group: group, period: .milliseconds(configuration.heartbeatMilliseconds)),
+            CanaryService(health: environment.health, hub: hub, group: group, client: main, configuration: configuration, logger: logger),
+            server,
         ]
         if let path = configuration.jwksFilePath {
             services.append(JWKSReloader(path: path, authenticator: authenticator, logger: logger))

@@ -171,6 +171,21 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("websocket-compression"), help: "permessage-deflate: off, shared or context-takeover.")
     var websocketCompression = WebSocketCompression.Mode.shared.rawValue
 
+    @Option(name: .customLong("node-id"), help: "This node's name in syncline.nodes and its canaries (default: hostname:pid; env SYNCLINE_NODE_ID).")
+    var nodeID = ProcessInfo.processInfo.environment["SYNCLINE_NODE_ID"]
+
+    @Option(name: .customLong("canary-interval-ms"),
+            help: "Publish a canary through the change log this often and time the tail seeing it (0: off; readiness then follows the tail's connection only).")
+    var canaryIntervalMS: Int64 = 1_000
+
+    @Option(name: .customLong("canary-late-ms"),
+            help: "Canary lag beyond which /readyz fails; the node also closes its sockets with 1001 when another node is healthy (lag under half of this).")
+    var canaryLateMS: Int64 = 5_000
+
+    @Option(name: .customLong("drain-seconds"),
+            help: "On SIGTERM, fail /readyz this long while still serving (two load-balancer health-check intervals), then close with 1001.")
+    var drainSeconds: Double = 4
+
     @Option(name: .customLong("retain-changes"),
             help: "Prune the change log: a duration (30d, 12h, 15m), a count of newest changes to keep, or off. Resumes from before the pruned range get reset.")
     var retainChanges = "30d"
@@ -238,6 +253,16 @@ struct Serve: AsyncParsableCommand {
             throw ValidationError("--websocket-compression must be off, shared or context-takeover")
         }
         server.webSocketCompression.mode = compressionMode
+        if let nodeID {
+            guard (1...200).contains(nodeID.utf8.count) else { throw ValidationError("--node-id must be 1–200 bytes") }
+            server.nodeID = nodeID
+        }
+        guard (0...3_600_000).contains(canaryIntervalMS) else { throw ValidationError("--canary-interval-ms must be 0 (off) … 3600000") }
+        server.canaryIntervalMilliseconds = canaryIntervalMS
+        guard (1...3_600_000).contains(canaryLateMS) else { throw ValidationError("--canary-late-ms must be 1 … 3600000") }
+        server.canaryLateMilliseconds = canaryLateMS
+        guard drainSeconds.isFinite, (0...600).contains(drainSeconds) else { throw ValidationError("--drain-seconds must be 0 … 600") }
+        server.drainMilliseconds = Int64((drainSeconds * 1_000).rounded())
         guard let changes = RetentionPolicy.changes(retainChanges) else {
             throw ValidationError("--retain-changes must be a duration (30d, 12h, 15m, 90s), a count of at least 1, or off")
         }
