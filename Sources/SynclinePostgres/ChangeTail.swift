@@ -1,4 +1,5 @@
 import Logging
+import Metrics
 import NIOConcurrencyHelpers
 import NIOCore
 import PostgresNIO
@@ -36,6 +37,11 @@ public final class ChangeTail: Service, Sendable {
     private let startAfter: Int64
     private let sink: @Sendable (ChangeTailEvent) async -> Int64
     private let logger: Logger
+    /// The position read through, and the connection losses: with the head (the canary's
+    /// `syncline_tail_lag_positions`) they tell how far behind the tail is.
+    private let positionGauge = Gauge(label: "syncline_tail_position")
+    private let reconnectsCounter = Counter(label: "syncline_tail_reconnects_total")
+    private let connectedGauge = Gauge(label: "syncline_tail_connected")
 
     /// - Parameters:
     ///   - startAfter: the position the fan-out has already dispatched through.
@@ -73,6 +79,8 @@ public final class ChangeTail: Service, Sendable {
                 }
             } catch {
                 if Task.isCancelled || Task.isShuttingDownGracefully { break }
+                connectedGauge.record(Int(0))
+                reconnectsCounter.increment()
                 _ = await sink(.listening(false))
                 logger.warning("change tail connection lost; reconnecting", metadata: [
                     "error": "\(String(reflecting: error))", "backoff_ms": "\(backoff.components.seconds * 1000 + backoff.components.attoseconds / 1_000_000_000_000_000)",
@@ -99,6 +107,7 @@ public final class ChangeTail: Service, Sendable {
         try await connection.listen(on: Self.channel) { notifications in
             // LISTEN is active: from here on no commit can go unnoticed. Read what came before.
             self.logger.debug("change tail listening")
+            self.connectedGauge.record(Int(1))
             _ = await sink(.listening(true))
             wake.yield()
             // Neither the notification stream nor a query caught by the connection's death is
@@ -176,6 +185,7 @@ public final class ChangeTail: Service, Sendable {
             let delivered = await sink(.changes(page.records, after: position, through: last.position))
             logger.trace("change tail delivered", metadata: ["through": "\(delivered)"])
             position = delivered
+            positionGauge.record(delivered)
             if page.records.count < configuration.pageSize { return position }
         }
     }

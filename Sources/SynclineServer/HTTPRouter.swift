@@ -90,12 +90,21 @@ final class HTTPRouter: ChannelInboundHandler, RemovableChannelHandler {
         case "/healthz":
             respond(context, .ok, json: "{\"status\":\"ok\"}")
         case "/readyz":
-            if environment.hub.isListening {
-                respond(context, .ok, json: "{\"status\":\"ready\"}")
-            } else {
-                respond(context, .serviceUnavailable, json: "{\"status\":\"waiting for the change tail's LISTEN connection\"}")
+            // Ready means delivering: the tail is connected and this node's canary comes back in
+            // time (DeliveryHealth), and the node is not draining.
+            let health = environment.health
+            let lag = health.lagMilliseconds.map { ",\"canary_lag_ms\":\($0)" } ?? ""
+            switch health.verdict(tailConnected: environment.hub.isListening) {
+            case .ready:
+                respond(context, .ok, json: "{\"status\":\"ready\"\(lag)}")
+            case .readyEveryNodeLate:
+                respond(context, .ok, json: "{\"status\":\"ready\",\"alert\":\"every node's canary is late (a slow Postgres?)\"\(lag)}")
+            case .notReady(let reason):
+                respond(context, .serviceUnavailable, json: "{\"status\":\"not_ready\",\"reason\":\(JSONValue.quoted(reason))\(lag)}")
             }
         case "/metrics":
+            // Refreshes the health gauges (the canary lag grows between canary rounds).
+            _ = environment.health.verdict(tailConnected: environment.hub.isListening)
             var out: [UInt8] = []
             SynclineMetrics.registry.emit(into: &out)
             respond(context, .ok, body: context.channel.allocator.buffer(bytes: out), contentType: "text/plain; version=0.0.4")

@@ -103,10 +103,10 @@ final class LoopFanout {
         }
     }
 
-    /// Closes every connection on this loop with 1001 (server shutting down).
-    func closeAll() {
+    /// Closes every connection on this loop with 1001 (server shutting down, or this node late).
+    func closeAll(reason: String = "server shutting down; reconnect and resume") {
         for connection in Array(connections.values) {
-            connection.close(.goingAway, reason: "server shutting down; reconnect and resume")
+            connection.close(.goingAway, reason: reason)
         }
     }
 

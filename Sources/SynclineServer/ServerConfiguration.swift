@@ -79,6 +79,17 @@ public struct ServerConfiguration: Sendable {
     public var mutations = MutationExecutor.Configuration()
     /// How long shutdown waits for connections to close after sending 1001.
     public var shutdownGrace: TimeAmount = .seconds(5)
+    /// On SIGTERM, how long `/readyz` fails while the node keeps serving, before the 1001 closes
+    /// (two health-check intervals of the balancer, so it stops routing here first; 0: none).
+    public var drainMilliseconds: Int64 = 4_000
+    /// This node's name in `syncline.nodes` and in its canaries (nil: hostname:pid).
+    public var nodeID: String?
+    /// Canary period: each node publishes one through its own change log and times its own tail
+    /// seeing it (0: no canary; readiness then follows the tail's connection alone).
+    public var canaryIntervalMilliseconds: Int64 = 1_000
+    /// Canary lag beyond which the node is late: `/readyz` fails, and the node closes its sockets
+    /// with 1001 when another node is healthy (docs/metrics.md, docs/operations.md).
+    public var canaryLateMilliseconds: Int64 = 5_000
     /// Event loop threads (default: one per core).
     public var eventLoopThreads = System.coreCount
     /// permessage-deflate (RFC 7692): off, shared (default) or context-takeover.
@@ -86,6 +97,8 @@ public struct ServerConfiguration: Sendable {
     /// PEM certificate chain and private key: serve HTTPS/WSS instead of plain HTTP/WS.
     public var tlsCertificatePath: String?
     public var tlsKeyPath: String?
+    /// What the node prunes and how often (`RetentionPolicy`; one node at a time across a deployment).
+    public var retention = RetentionPolicy()
 
     // Limits per source address, per user and per connection (docs/security.md "Limits").
     /// Peers whose PROXY protocol v2 header and `X-Forwarded-For` name the client's address;

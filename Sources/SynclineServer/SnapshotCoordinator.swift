@@ -5,6 +5,7 @@ import NIOCore
 import SynclineCore
 import SynclinePostgres
 import SynclineProtocol
+import Tracing
 
 /// One subscriber waiting for, or in, a shared snapshot read: which connection and subscription
 /// (on their loop), the machine's run the read is for, and the claims its policy is checked with.
@@ -123,6 +124,12 @@ final class SnapshotCoordinator: Sendable {
         // Those still sent to: refused, gone or too slow ones leave.
         let sending = NIOLockedValueBox(sharers)
         let epoch = self.epoch
+        let span = startSpan(RequestSpans.snapshot, ofKind: .internal)
+        if span.isRecording {
+            span.attributes["syncline.feed"] = key.feed.description
+            span.attributes["syncline.sharers"] = sharers.count
+            span.attributes["syncline.subscriptions"] = sharers.map(\.id)
+        }
         do {
             let position = try await reader.sharedSnapshot(
                 key.feed, claims: sharers.map(\.claims), chunkRows: chunkRows, chunkBytes: chunkBytes,
@@ -152,8 +159,11 @@ final class SnapshotCoordinator: Sendable {
             for sharer in sending.withLockedValue({ $0 }) {
                 sharer.loop.execute { sharer.connection.value.sharedSnapshotDone(sharer, position: position) }
             }
+            if span.isRecording { span.attributes["syncline.position"] = Int(truncatingIfNeeded: position) }
+            RequestSpans.end(span, outcome: "done")
         } catch {
             let (code, message, retry) = SyncConnection.describe(error, logger: logger)
+            RequestSpans.end(span, outcome: "error", failure: code.rawValue)
             for sharer in sending.withLockedValue({ $0 }) {
                 sharer.loop.execute {
                     sharer.connection.value.sharedSnapshotFailed(sharer, code: code, message: message, retryAfterMS: retry)

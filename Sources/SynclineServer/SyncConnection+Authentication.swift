@@ -14,6 +14,7 @@ extension SyncConnection {
         let headerIdentity = self.headerIdentity
         let bound = self.bound
         let loop = context.eventLoop
+        let logger = self.logger
         Task {
             let outcome: Result<(Identity, Int64), SessionFailure>
             do {
@@ -35,7 +36,7 @@ extension SyncConnection {
             } catch let error as SessionFailure {
                 outcome = .failure(error)
             } catch {
-                environment.logger.error("hello failed", metadata: ["error": "\(String(reflecting: error))"])
+                logger.error("hello failed", metadata: ["error": "\(String(reflecting: error))"])
                 outcome = .failure(SessionFailure(.overloaded, "the server cannot open sessions right now; retry later"))
             }
             loop.execute {
@@ -57,6 +58,7 @@ extension SyncConnection {
         self.identity = identity
         self.lastMID = lastMID
         scheduleExpiry(identity)
+        logger.debug("session opened", metadata: ["last_mid": "\(lastMID)"])
         perform(session.authenticated(sub: identity.sub))
     }
 

@@ -15,19 +15,28 @@ extension SyncConnection {
         guard let identity else { return }
         let mid = mutation.mid
         guard mutations.submit(mid: mid) else {
+            RequestMetrics.refused(.mutationsInFlight)
             sendText(ServerMessage.error(code: .rateLimited, message: "at most \(mutations.limit) mutations may be in flight on one connection",
                                          ref: .number(String(mid)), retryAfterMS: 100))
             return
         }
         let bound = self.bound
         let loop = context.eventLoop
+        let span = startRequestSpan(RequestSpans.mutation)
+        if span.isRecording {
+            span.attributes["syncline.mid"] = Int(truncatingIfNeeded: mid)
+            span.attributes["syncline.mutation"] = mutation.name
+        }
+        mutationLogger(mid).debug("mutation submitted", metadata: ["name": "\(mutation.name)"])
         let request = MutationExecutor.Request(
             clientID: clientID, sub: identity.sub, mid: mid, name: mutation.name, args: mutation.args.jsonText,
             claims: identity.claims
         ) { outcome in
+            RequestSpans.mutationDecided(span, outcome)
             loop.execute { bound.value.mutationDecided(mid: mid, outcome) }
         }
         if !environment.mutations.submit(request) {
+            RequestSpans.end(span, outcome: "error", failure: ErrorCode.unavailable.rawValue)
             mutationDecided(mid: mid, .error(.unavailable, message: "the server cannot take mutations right now; send it again",
                                              retryAfterMS: 1000))
         }
@@ -35,6 +44,8 @@ extension SyncConnection {
 
     func mutationDecided(mid: Int64, _ outcome: MutationOutcome) {
         guard !closing else { return }
+        mutationLogger(mid).debug("mutation decided", metadata: ["outcome": "\(outcome.kind)"])
+        RequestMetrics.answered(outcome)
         mutations.decided(mid: mid, outcome)
         releaseOutcomes()
     }

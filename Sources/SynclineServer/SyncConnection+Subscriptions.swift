@@ -20,6 +20,8 @@ extension SyncConnection {
         // A policy hold that starts while this resolves may concern the feed: a resume authorized
         // before it is authorized again (subscriptionResolved).
         let policyEpoch = environment.hub.policy.epoch
+        let span = startRequestSpan(RequestSpans.subscribe)
+        if span.isRecording { span.attributes["syncline.subscription"] = request.id }
         Task {
             let outcome: Result<Resolution, any Error>
             do {
@@ -31,9 +33,12 @@ extension SyncConnection {
                 let connection = bound.value
                 switch outcome {
                 case .success(let resolution):
+                    if span.isRecording { span.attributes["syncline.feed"] = resolution.key.description }
+                    RequestSpans.end(span, outcome: resolution.mode.rawValue)
                     connection.subscriptionResolved(request, attempt: attempt, resolution: resolution, policyEpoch: policyEpoch)
                 case .failure(let error):
-                    let (code, message, retry) = SyncConnection.describe(error, logger: environment.logger)
+                    let (code, message, retry) = SyncConnection.describe(error, logger: connection.subscriptionLogger(request.id))
+                    RequestSpans.end(span, outcome: "error", failure: code.rawValue)
                     connection.subscriptionFailed(request.id, attempt: attempt, code: code, message: message, retryAfterMS: retry)
                 }
                 connection.flushIfNeeded()
@@ -94,6 +99,7 @@ extension SyncConnection {
         if request.conflate { subscriber.conflation = ConflatingDelivery(key: key) }
         subscribers[request.id] = subscriber
         let start: SubscriptionStateMachine.Start = resumeAfter.map { .resume(after: $0) } ?? .snapshot(reset: mode == .reset)
+        subscriptionLogger(request.id).debug("subscribed", metadata: ["mode": "\(mode.rawValue)", "feed": "\(key)"])
         carryOut(subscriber.machine.resolved(start, loop: fanout.position), for: subscriber)
     }
 
@@ -131,7 +137,7 @@ extension SyncConnection {
                 goLive(subscriber, body: body, through: through, young: young)
             case .restart(let reason, let run):
                 guard !closing else { return }
-                logger.info("restarting feed", metadata: ["sub": "\(subscriber.id)", "reason": "\(reason.message)"])
+                subscriptionLogger(subscriber.id).info("restarting feed", metadata: ["reason": "\(reason.message)"])
                 fanout.remove(subscriber)
                 requestSnapshot(subscriber, mode: .reset, run: run)
             case .end(let reason):
@@ -184,7 +190,7 @@ extension SyncConnection {
     /// client may subscribe again from its cursor).
     func catchUpFailed(_ subscriber: Subscriber, error: any Error) {
         guard owns(subscriber) else { return }
-        let (code, message, retry) = SyncConnection.describe(error, logger: environment.logger)
+        let (code, message, retry) = SyncConnection.describe(error, logger: subscriptionLogger(subscriber.id))
         endSubscription(subscriber, code: code, message: message, retryAfterMS: retry)
     }
 

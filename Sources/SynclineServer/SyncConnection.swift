@@ -50,12 +50,10 @@ final class SyncConnection: ChannelInboundHandler {
     var refusalWindowStart = NIODeadline.distantPast
     /// The connection's logger: the shared one with this session's metadata, built only when a
     /// line is logged (a per-connection metadata dictionary would cost every idle connection).
-    var logger: Logger {
-        var logger = environment.logger
-        logger[metadataKey: "session"] = "\(sessionID.prefix(8))"
-        if let sub = identity?.sub { logger[metadataKey: "sub"] = "\(sub)" }
-        return logger
-    }
+    /// Connection, session, client_id and sub are on every line (`ConnectionLogging.swift`).
+    var logger: Logger { ConnectionLogging.logger(environment.logger, connection: connectionNumber, session: sessionID,
+                                                  clientID: clientID, sub: identity?.sub) }
+    let connectionNumber = ConnectionLogging.nextConnectionNumber()
 
     init(environment: SyncEnvironment, headerIdentity: Identity?, webSocket: WebSocketProtocolHandler) {
         self.environment = environment
@@ -149,6 +147,7 @@ final class SyncConnection: ChannelInboundHandler {
             refusedInWindow = 0
         }
         refusedInWindow += 1
+        RequestMetrics.refused(.messageRate)
         if refusedInWindow > Int(rate) {
             environment.rateLimitClosesCounter.increment()
             close(.policyViolation, reason: "message rate limit exceeded")
@@ -191,6 +190,7 @@ final class SyncConnection: ChannelInboundHandler {
     func tearDown() {
         guard !tornDown else { return }
         tornDown = true
+        logger.debug("connection closed")
         closing = true
         expiry?.cancel()
         resolving = [:]

@@ -27,6 +27,8 @@ final class SyncEnvironment: Sendable {
     let closesCounter = Counter(label: "syncline_closes_total")
     /// Per-address and per-user connection tables (`ConnectionLimits`).
     let limits: ConnectionLimits
+    /// Delivery health: the canary, readiness, the drain.
+    let health: NodeHealth
 
     init(configuration: ServerConfiguration, hub: Hub, reader: any FeedReading, clients: any ClientRegistering,
          mutations: any MutationSubmitting, authenticator: Authenticator, logger: Logger) {
@@ -38,6 +40,7 @@ final class SyncEnvironment: Sendable {
         self.authenticator = authenticator
         self.logger = logger
         self.limits = ConnectionLimits(configuration)
+        self.health = NodeHealth(configuration)
         self.snapshots = SnapshotCoordinator(reader: reader, epoch: hub.epoch, configuration: configuration, logger: logger)
     }
 

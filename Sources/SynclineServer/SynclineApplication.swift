@@ -34,10 +34,15 @@ public final class SynclineApplication: Sendable {
     private let serviceGroup: ServiceGroup
     private let server: SynclineServer
     public let hub: Hub
+    /// The retention service (nil when `retention` prunes nothing).
+    public let retention: RetentionService?
     private let logger: Logger
 
     /// Shared snapshot reads so far (also the `syncline_snapshot_*` metrics).
     public var snapshotReads: SnapshotReadStats { server.environment.snapshots.stats }
+
+    /// Delivery health: the canary's lag, readiness, the drain.
+    public var health: NodeHealth { server.environment.health }
 
     /// Prepares everything that must exist before serving: the cluster, migrations, the demo
     /// schema, the cursor epoch and the position the tail starts from.
@@ -154,15 +159,26 @@ public final class SynclineApplication: Sendable {
             mutations: mutations, authenticator: authenticator, logger: logger)
         let tail = ChangeTail(
             connection: try settings.connectionConfiguration(applicationName: "syncline-tail"), startAfter: head, logger: logger
-        ) { event in await hub.handle(event) }
+        ) { [health = environment.health] event in
+            let through = await hub.handle(event)
+            health.observe(event)  // after delivery: the canary times commit → delivered
+            return through
+        }
         let server = SynclineServer(environment: environment, group: group, assets: assets)
         var services: [any Service] = [
             main, snapshots, tail, mutations,
-            HeartbeatService(hub: hub, group: group, period: .milliseconds(configuration.heartbeatMilliseconds)), server,
+            HeartbeatService(hub: hub, group: group, period: .milliseconds(configuration.heartbeatMilliseconds)),
+            CanaryService(health: environment.health, hub: hub, group: group, client: main, configuration: configuration, logger: logger),
+            server,
         ]
         if let path = configuration.jwksFilePath {
             services.append(JWKSReloader(path: path, authenticator: authenticator, logger: logger))
         }
+        let retention = configuration.retention.isEnabled ? RetentionService(
+            client: main, policy: configuration.retention,
+            node: "\(ProcessInfo.processInfo.hostName):\(ProcessInfo.processInfo.processIdentifier):\(configuration.port)",
+            logger: logger) : nil
+        if let retention { services.append(retention) }
         if options.demoSchemaPath != nil && options.demoGenerator {
             services.append(DemoGenerator(client: main, logger: logger))
         }
@@ -172,17 +188,18 @@ public final class SynclineApplication: Sendable {
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
         return SynclineApplication(databaseURL: url, cluster: cluster, group: group, serviceGroup: serviceGroup,
-                                   server: server, hub: hub, logger: logger)
+                                   server: server, hub: hub, retention: retention, logger: logger)
     }
 
     private init(databaseURL: String, cluster: DevelopmentCluster?, group: MultiThreadedEventLoopGroup,
-                 serviceGroup: ServiceGroup, server: SynclineServer, hub: Hub, logger: Logger) {
+                 serviceGroup: ServiceGroup, server: SynclineServer, hub: Hub, retention: RetentionService?, logger: Logger) {
         self.databaseURL = databaseURL
         self.cluster = cluster
         self.group = group
         self.serviceGroup = serviceGroup
         self.server = server
         self.hub = hub
+        self.retention = retention
         self.logger = logger
     }
 

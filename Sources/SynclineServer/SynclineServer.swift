@@ -9,8 +9,11 @@ import ServiceLifecycle
 import SynclineProtocol
 
 /// The listening socket: HTTP/1.1 with the `/v1/sync` WebSocket upgrade, as a `Service`. On
-/// graceful shutdown it stops accepting, closes every WebSocket with 1001 (clients reconnect and
-/// resume elsewhere) and waits up to the grace period for them to go.
+/// graceful shutdown it first drains (`/readyz` fails for `drainMilliseconds` while it keeps
+/// serving), then stops accepting, closes every WebSocket with 1001 (clients reconnect and resume
+/// elsewhere) and waits up to the grace period for them to go. The tail, the pools and the canary
+/// come before it in the service group, so they still run during the drain (ServiceGroup shuts
+/// services down in reverse order, one after the other).
 final class SynclineServer: Service, Sendable {
     static let serverName = "syncline/0.1.0"
 
@@ -70,6 +73,15 @@ final class SynclineServer: Service, Sendable {
             environment.logger.notice("serving \(directory.root) at http\(secure)://\(configuration.host):\(port)/app/")
         }
         try await gracefulShutdown()
+        if configuration.drainMilliseconds > 0 {
+            // The balancer must stop sending clients here before they are told to go: /readyz
+            // fails for two of its health-check intervals while this node still serves.
+            environment.health.startDraining()
+            environment.logger.info("draining: /readyz fails while still serving", metadata: [
+                "drain_ms": "\(configuration.drainMilliseconds)",
+            ])
+            try? await Task.sleep(for: .milliseconds(configuration.drainMilliseconds))
+        }
         environment.logger.info("shutting down: closing WebSocket connections with 1001")
         try? await channel.close()
         let hub = environment.hub
@@ -168,6 +180,7 @@ final class SynclineServer: Service, Sendable {
         }
         decision.value.deflate = WebSocketLayer.negotiateDeflate(head, configuration: environment.configuration, into: &responseHeaders)
         guard environment.admitConnection() else {
+            RequestMetrics.refused(.connections)
             decision.value.refusal = (.serviceUnavailable, "overloaded", "connection limit reached; retry later")
             return loop.makeSucceededFuture(nil)
         }

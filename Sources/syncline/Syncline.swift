@@ -38,7 +38,18 @@ struct DatabaseOptions: ParsableArguments {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical (env SYNCLINE_LOG_LEVEL).")
     var logLevel = ProcessInfo.processInfo.environment["SYNCLINE_LOG_LEVEL"] ?? "info"
 
+    @Option(name: .customLong("log-format"), help: "text, or json: one JSON object per line (env SYNCLINE_LOG_FORMAT).")
+    var logFormat = ProcessInfo.processInfo.environment["SYNCLINE_LOG_FORMAT"] ?? "text"
+
+    func validate() throws {
+        guard ["text", "json"].contains(logFormat) else { throw ValidationError("--log-format must be text or json") }
+    }
+
     func logger() -> Logger {
+        // Once per process (each command calls this once): every logger, the libraries' too.
+        if logFormat == "json" {
+            LoggingSystem.bootstrap({ label, provider in JSONLogHandler(label: label, metadataProvider: provider) }, metadataProvider: nil)
+        }
         var logger = Logger(label: "syncline")
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
         return logger
@@ -243,6 +254,32 @@ struct Serve: AsyncParsableCommand {
         server.maximumTrackedAddresses = maxTrackedAddresses
     }
 
+    @Option(name: .customLong("node-id"), help: "This node's name in syncline.nodes and its canaries (default: hostname:pid; env SYNCLINE_NODE_ID).")
+    var nodeID = ProcessInfo.processInfo.environment["SYNCLINE_NODE_ID"]
+
+    @Option(name: .customLong("canary-interval-ms"),
+            help: "Publish a canary through the change log this often and time the tail seeing it (0: off; readiness then follows the tail's connection only).")
+    var canaryIntervalMS: Int64 = 1_000
+
+    @Option(name: .customLong("canary-late-ms"),
+            help: "Canary lag beyond which /readyz fails; the node also closes its sockets with 1001 when another node is healthy (lag under half of this).")
+    var canaryLateMS: Int64 = 5_000
+
+    @Option(name: .customLong("drain-seconds"),
+            help: "On SIGTERM, fail /readyz this long while still serving (two load-balancer health-check intervals), then close with 1001.")
+    var drainSeconds: Double = 4
+
+    @Option(name: .customLong("retain-changes"),
+            help: "Prune the change log: a duration (30d, 12h, 15m), a count of newest changes to keep, or off. Resumes from before the pruned range get reset.")
+    var retainChanges = "30d"
+
+    @Option(name: .customLong("retain-outcomes"),
+            help: "Prune mutation outcomes older than this (a duration, or off); resending a pruned mid gets outcome_expired.")
+    var retainOutcomes = "30d"
+
+    @Option(name: .customLong("retention-interval"), help: "How often nodes prune (a duration); one node prunes per interval.")
+    var retentionInterval = "5m"
+
     func run() async throws {
         let logger = database.logger()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: SynclineMetrics.registry))
@@ -306,6 +343,28 @@ struct Serve: AsyncParsableCommand {
         }
         server.webSocketCompression.mode = compressionMode
         try applyLimits(to: &server)
+        if let nodeID {
+            guard (1...200).contains(nodeID.utf8.count) else { throw ValidationError("--node-id must be 1–200 bytes") }
+            server.nodeID = nodeID
+        }
+        guard (0...3_600_000).contains(canaryIntervalMS) else { throw ValidationError("--canary-interval-ms must be 0 (off) … 3600000") }
+        server.canaryIntervalMilliseconds = canaryIntervalMS
+        guard (1...3_600_000).contains(canaryLateMS) else { throw ValidationError("--canary-late-ms must be 1 … 3600000") }
+        server.canaryLateMilliseconds = canaryLateMS
+        guard drainSeconds.isFinite, (0...600).contains(drainSeconds) else { throw ValidationError("--drain-seconds must be 0 … 600") }
+        server.drainMilliseconds = Int64((drainSeconds * 1_000).rounded())
+        guard let changes = RetentionPolicy.changes(retainChanges) else {
+            throw ValidationError("--retain-changes must be a duration (30d, 12h, 15m, 90s), a count of at least 1, or off")
+        }
+        guard let outcomes = RetentionPolicy.outcomes(retainOutcomes) else {
+            throw ValidationError("--retain-outcomes must be a duration (30d, 12h, 15m, 90s) or off")
+        }
+        guard let interval = RetentionPolicy.duration(retentionInterval), interval >= .seconds(1) else {
+            throw ValidationError("--retention-interval must be a duration of at least 1s")
+        }
+        server.retention.changes = changes
+        server.retention.outcomesAge = outcomes
+        server.retention.interval = interval
         options.server = server
         let app: SynclineApplication
         do {

@@ -52,8 +52,10 @@ struct LeastPrivilegeTests {
     static func serving(_ url: String, log: CapturedLog, _ body: (TestServer) async throws -> Void) async throws {
         let server = try await TestServer.start(database: TestDatabase(url: url), logger: log.logger(level: .info)) {
             $0.demoSchemaPath = nil
+            $0.server.canaryIntervalMilliseconds = 200  // syncline.canary() must work for the runtime role
         }
         do {
+            try await eventually("a canary round trip as this role", timeout: .seconds(10)) { server.app.health.lastRoundTrip != nil }
             try await body(server)
             await server.stop()
         } catch {

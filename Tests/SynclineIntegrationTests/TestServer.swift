@@ -30,6 +30,10 @@ struct TestServer: Sendable {
         options.server.insecureDevAuth = true
         options.server.eventLoopThreads = 2
         options.server.heartbeatMilliseconds = 2_000
+        // Off unless a test is about them: the canary adds a position a second, the drain seconds
+        // to every stop (ReadinessTests turns both on).
+        options.server.canaryIntervalMilliseconds = 0
+        options.server.drainMilliseconds = 0
         configure(&options)
         let app = try await SynclineApplication.prepare(options, logger: logger)
         let running = Task { try await app.run() }
