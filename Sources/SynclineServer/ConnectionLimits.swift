@@ -12,6 +12,14 @@ enum LimitKind: String, CaseIterable, Sendable {
     case inboundBytes = "inbound_bytes"
     case whereSize = "where_size"
     case proxyHeader = "proxy_header"
+    /// `--max-connections`: HTTP 503 on the upgrade.
+    case connections
+    /// `--max-messages-per-second`: `error rate_limited` (1008 when the client keeps on).
+    case messageRate = "message_rate"
+    /// `--max-mutations-in-flight`: `error rate_limited` on the `mutate`.
+    case mutationsInFlight = "mutations_in_flight"
+    /// `--max-outbound-bytes`: close 4008, the client resumes.
+    case outboundBytes = "outbound_bytes"
 }
 
 /// The counters of refusals, one per limit.

@@ -15,7 +15,7 @@ extension SyncConnection {
         guard let identity else { return }
         let mid = mutation.mid
         guard mutations.submit(mid: mid) else {
-            RequestMetrics.refused(.mutationsInFlight)
+            SynclineLimitMetrics.refused(.mutationsInFlight)
             sendText(ServerMessage.error(code: .rateLimited, message: "at most \(mutations.limit) mutations may be in flight on one connection",
                                          ref: .number(String(mid)), retryAfterMS: 100))
             return

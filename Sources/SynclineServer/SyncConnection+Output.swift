@@ -21,7 +21,7 @@ extension SyncConnection {
         }
         guard webSocket.isWritable else {
             promise?.fail(Abandoned())
-            RequestMetrics.refused(.outboundBytes)
+            SynclineLimitMetrics.refused(.outboundBytes)
             return close(.tooSlow, reason: "outbound queue full; resume from your cursor")
         }
         // Called once per subscriber and batch: no per-call allocation (no array of frames).

@@ -147,7 +147,7 @@ final class SyncConnection: ChannelInboundHandler {
             refusedInWindow = 0
         }
         refusedInWindow += 1
-        RequestMetrics.refused(.messageRate)
+        SynclineLimitMetrics.refused(.messageRate)
         if refusedInWindow > Int(rate) {
             environment.rateLimitClosesCounter.increment()
             close(.policyViolation, reason: "message rate limit exceeded")

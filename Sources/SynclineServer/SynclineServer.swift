@@ -180,7 +180,7 @@ final class SynclineServer: Service, Sendable {
         }
         decision.value.deflate = WebSocketLayer.negotiateDeflate(head, configuration: environment.configuration, into: &responseHeaders)
         guard environment.admitConnection() else {
-            RequestMetrics.refused(.connections)
+            SynclineLimitMetrics.refused(.connections)
             decision.value.refusal = (.serviceUnavailable, "overloaded", "connection limit reached; retry later")
             return loop.makeSucceededFuture(nil)
         }
