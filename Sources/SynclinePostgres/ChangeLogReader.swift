@@ -96,14 +96,37 @@ public enum ChangeLogReader {
             page.records.removeSubrange((cut + 1)...)
             return page
         }
-        guard full, let last = page.records.last else { return page }
+        guard full else { return page }
+        try await readRestOfLastTransaction(&page, connection, through: .max, limit: limit, scope: .all, logger: logger)
+        return page
+    }
+
+    /// `readPage` for catch-ups: a full page is extended with the rest of its last transaction, so
+    /// the page's cursor (its last position) never splits a transaction across two `changes`
+    /// messages (protocol §3.3: one transaction's changes are contiguous under one cursor).
+    public static func readCatchUpPage(
+        _ connection: PostgresConnection, after: Int64, through: Int64, limit: Int, scope: Scope, logger: Logger
+    ) async throws -> Page {
+        var page = try await readPage(connection, after: after, through: through, limit: limit, scope: scope, logger: logger)
+        if page.records.count == limit {
+            try await readRestOfLastTransaction(&page, connection, through: through, limit: limit, scope: scope, logger: logger)
+        }
+        return page
+    }
+
+    /// Appends the records after the page's last one that belong to its transaction (a
+    /// transaction's positions are contiguous, so they come next), a page of `limit` at a time.
+    private static func readRestOfLastTransaction(
+        _ page: inout Page, _ connection: PostgresConnection, through: Int64, limit: Int, scope: Scope, logger: Logger
+    ) async throws {
+        guard let last = page.records.last else { return }
         while true {
-            let rest = try await readPage(connection, after: page.records.last!.position, limit: limit, logger: logger)
+            let rest = try await readPage(
+                connection, after: page.records.last!.position, through: through, limit: limit, scope: scope, logger: logger)
             let sameTransaction = rest.records.prefix { $0.transaction == last.transaction }
             page.records += sameTransaction
             if sameTransaction.count < rest.records.count || rest.records.count < limit { break }
         }
-        return page
     }
 
     /// The index of the last record of the transaction in which the rows' cumulative size passes

@@ -235,7 +235,7 @@ public final class FeedReader: Sendable {
         after: Int64, through: Int64, limit: Int, scope: ChangeLogReader.Scope
     ) async throws -> ChangeLogReader.Page {
         try await client.withConnection { connection in
-            try await ChangeLogReader.readPage(
+            try await ChangeLogReader.readCatchUpPage(
                 connection, after: after, through: through, limit: limit, scope: scope, logger: self.logger)
         }
     }

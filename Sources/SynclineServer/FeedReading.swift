@@ -33,8 +33,9 @@ protocol FeedReading: Sendable {
         onChunk: @Sendable ([String], Bool, Int64) async throws -> Bool
     ) async throws -> Int64
 
-    /// Change-log records in (`after`, `through`] within `scope`, at most `limit`, with the prune
-    /// horizon read at the same time.
+    /// Change-log records in (`after`, `through`] within `scope`: `limit` of them, or more when the
+    /// last one's transaction goes on (a page never ends inside a transaction), or fewer at the
+    /// end; with the prune horizon read at the same time.
     func changeLogPage(after: Int64, through: Int64, limit: Int, scope: ChangeLogReader.Scope) async throws -> ChangeLogReader.Page
 }
 

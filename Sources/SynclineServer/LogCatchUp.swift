@@ -119,6 +119,8 @@ final class LogCatchUp {
             let result: Result<(page: ChangeLogReader.Page, through: Int64, bodies: [FeedBody]), any Error>
             do {
                 let page = try await reader.changeLogPage(after: from, through: upTo, limit: limit, scope: scope)
+                // A full page ends with a whole transaction (changeLogPage): its last position is
+                // a cursor; a short one read everything up to `upTo`.
                 let through = page.records.count < limit ? upTo : page.records.last!.position
                 let bodies = encoder.encodeCatchUp(page.records, through: through, feeds: feeds)
                 result = .success((page, through, bodies))

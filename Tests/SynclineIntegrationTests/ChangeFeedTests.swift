@@ -181,6 +181,50 @@ struct ChangeFeedTests {
         }
     }
 
+    @Test("a log catch-up page never ends inside a transaction: its changes come in one message, under its last position")
+    func catchUpPagesEndOnTransactions() async throws {
+        // Two-record pages and a one-record ring: the 5-row transaction crosses a page boundary.
+        // Found by scripts/chaos: a page cut inside it sent two `changes` with a cursor mid-way.
+        try await TestServer.with(configure: {
+            $0.server.ringCapacity = 1
+            $0.server.catchUpPageRecords = 2
+        }) { server in
+            var client = try await TestClient.open(server, clientID: "paged")
+            client.send(Self.subscribeChecking)
+            var feed = FeedCollector(sub: "t")
+            try await feed.collect(from: client) { $0.snapshotDone }
+            let cursor = try #require(feed.cursor)
+            await client.close()
+
+            try await server.database.execute("INSERT INTO transactions (account_id, amount, memo) VALUES ('alice-checking', 1, 'single')")
+            try await server.database.execute("""
+                INSERT INTO transactions (account_id, amount, memo)
+                SELECT 'alice-checking', n, 'bulk' FROM generate_series(1, 5) n
+                """)
+            try await server.database.execute("INSERT INTO transactions (account_id, amount, memo) VALUES ('alice-checking', 2, 'after')")
+            try await Task.sleep(for: .milliseconds(200))
+
+            client = try await TestClient.open(server, clientID: "paged")
+            client.send(TestClient.encode([
+                "type": "subscribe", "id": "t", "collection": "transactions", "where": ["account_id": "alice-checking"], "after": cursor,
+            ]))
+            var bulkMessages: [Int] = []  // rows of the bulk transaction per `changes` message carrying any
+            var rows = 0
+            let deadline = ContinuousClock.now + .seconds(20)
+            while rows < 7, ContinuousClock.now < deadline {
+                let message = try await client.next(timeout: .seconds(5))
+                guard message["type"]?.stringValue == "changes", message["sub"]?.stringValue == "t",
+                      case .array(let changes)? = message["changes"] else { continue }
+                rows += changes.count
+                let bulk = changes.filter { $0["row"]?["memo"]?.stringValue == "bulk" }.count
+                if bulk > 0 { bulkMessages.append(bulk) }
+            }
+            #expect(rows == 7)
+            #expect(bulkMessages == [5], "the bulk transaction was split across messages: \(bulkMessages)")
+            await client.close()
+        }
+    }
+
     @Test("a topic and a collection feed on one connection both resume from the change log")
     func resumeTopicAndCollectionFromChangeLog() async throws {
         try await TestServer.with(configure: {

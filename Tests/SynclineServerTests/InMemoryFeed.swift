@@ -85,7 +85,12 @@ final class InMemoryFeed: FeedReading {
                 case .topic(let topic): return record.topic == topic
                 }
             }
-            return ChangeLogReader.Page(prunedThrough: s.prunedThrough, records: Array(records.prefix(limit)))
+            // Like the real reader, a full page goes on to the end of its last transaction.
+            var page = Array(records.prefix(limit))
+            if page.count == limit, let last = page.last {
+                page += records.dropFirst(limit).prefix { $0.transaction == last.transaction }
+            }
+            return ChangeLogReader.Page(prunedThrough: s.prunedThrough, records: page)
         }
     }
 }
