@@ -31,8 +31,10 @@ INSERT INTO public.accounts (id, owner, balance)
 SELECT 'u' || u || '-' || a, 'u' || u, 1000.00
 FROM generate_series(0, :users - 1) AS u, generate_series(0, :accounts - 1) AS a;
 
+-- SECURITY DEFINER: it publishes (syncline.publish writes the staging table, which the mutation
+-- role may not), and the harness tests delivery, not write privileges.
 CREATE FUNCTION chaos.transfer(args jsonb) RETURNS jsonb
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 DECLARE
     v_from text := args ->> 'from';
     v_to text := args ->> 'to';
