@@ -87,7 +87,10 @@ class FaultProxy:
     async def _accept(self, reader, writer):
         link = _Link(self, reader, writer)
         self.links.add(link)
-        await link.run()
+        try:
+            await link.run()
+        except asyncio.CancelledError:
+            link.abort()  # the proxy is closing
 
     def latency(self, ms):
         self.delay_ms = ms
