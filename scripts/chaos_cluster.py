@@ -150,10 +150,16 @@ class Node(Child):
         return False
 
 
+_help = {}
+
+
 def supports(binary, flag):
-    """Whether `syncline serve` knows a flag (e.g. --drain-seconds, added by another change)."""
-    out = subprocess.run([binary, "serve", "--help"], capture_output=True, text=True)
-    return flag in out.stdout + out.stderr
+    """Whether `syncline serve` knows a flag (--drain-seconds, --retain-changes, ...: the harness
+    works with servers that have them and with those that do not yet)."""
+    if binary not in _help:
+        out = subprocess.run([binary, "serve", "--help"], capture_output=True, text=True)
+        _help[binary] = out.stdout + out.stderr
+    return flag in _help[binary]
 
 
 def haproxy_child(workdir, bind_port, node_ports):
