@@ -124,6 +124,17 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // scripts/chaos's clients: N SynclineClient instances recording histories for check-history.
+        .executableTarget(
+            name: "syncline-chaos-client",
+            dependencies: [
+                "SynclineClient",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
         // The Autobahn|Testsuite echo endpoint over the server's WebSocket layer (scripts/autobahn).
         .executableTarget(
             name: "syncline-ws-echo",

@@ -101,6 +101,9 @@ final class ClientEngine: Sendable {
         switch input {
         case .event(let event):
             if case .closed(let id, _, _) = event { loop.connections[id] = nil }
+            if let observer = configuration.observer, case .received(let id, let message) = event, loop.core.link.connection == id {
+                observer(.received(connection: id, message: message))
+            }
             await execute(loop.core.handle(event, now: now), loop)
         case .register(let name, let effect):
             await execute(loop.core.register(name, effect: effect), loop)
@@ -158,6 +161,7 @@ final class ClientEngine: Sendable {
                     }
                 }
             case .open(let id):
+                configuration.observer?(.connecting(connection: id))
                 loop.connections[id] = SocketConnection(
                     id: id, url: url, inbox: inbox, maxMessageBytes: configuration.maxMessageBytes,
                     crashAfterAck: CrashPoint.configured == "after-ack", logger: configuration.logger)
@@ -166,6 +170,7 @@ final class ClientEngine: Sendable {
                 // A mutation is durable before it is sent (under this mid: renumbering writes it anew).
                 if let mid, loop.unwritten.contains(where: { $0.insertMutations.contains { $0.mid == mid } }),
                    !(await commit(loop)) { continue }
+                configuration.observer?(.sent(connection: id, text: text))
                 if mid != nil, !loop.firstMutationSent, let point = CrashPoint.configured {
                     loop.firstMutationSent = true
                     if point == "before-send" { CrashPoint.crash("before-send") }
@@ -183,6 +188,9 @@ final class ClientEngine: Sendable {
                 loop.connections.removeValue(forKey: id)?.close()
             case .persist(let batch):
                 loop.unwritten.append(batch)
+                if let observer = configuration.observer {
+                    for observation in Self.savedObservations(batch, core: loop.core) { observer(observation) }
+                }
                 if answer != nil, !(await commit(loop, onFailure: onStoreFailure)) { answer = nil }
             case .schedule(let timer, let delay, let generation):
                 loop.timers[timer]?.cancel()

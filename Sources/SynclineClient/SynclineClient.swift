@@ -43,6 +43,9 @@ public final class SynclineClient: Sendable {
         public var maxMessageBytes = 64 << 20
         /// Where the client logs.
         public var logger = Logger(label: "syncline-client")
+        /// Sees the wire traffic and the saved cursors (``ClientObservation``); for test harnesses
+        /// that record a client's history. Nil (the default) costs nothing.
+        public var observer: ClientObserver?
 
         /// The defaults.
         public init() {}
