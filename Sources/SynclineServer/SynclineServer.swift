@@ -7,6 +7,7 @@ import NIOSSL
 import NIOWebSocket
 import ServiceLifecycle
 import SynclineProtocol
+import SynclineWebSocket
 
 /// The listening socket: HTTP/1.1 with the `/v1/sync` WebSocket upgrade, as a `Service`. On
 /// graceful shutdown it stops accepting, closes every WebSocket with 1001 (clients reconnect and

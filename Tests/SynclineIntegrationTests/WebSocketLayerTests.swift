@@ -4,6 +4,7 @@ import NIOEmbedded
 import NIOWebSocket
 import Testing
 @testable import SynclineServer
+@testable import SynclineWebSocket
 
 /// The WebSocket layer's pure parts, without sockets: UTF-8 validation, extension negotiation,
 /// deflate framing, and the protocol handler on an EmbeddedChannel.

@@ -18,22 +18,33 @@ import SynclineProtocol
 ///   nothing but the client's close is read, nothing more is sent, and TCP is closed when the
 ///   client's close arrives or after `closeTimeout` (the one close timer);
 /// - permessage-deflate on the way out (`shared` or `contextTakeover`).
-final class WebSocketProtocolHandler: ChannelDuplexHandler {
-    typealias InboundIn = WebSocketFrame
-    typealias InboundOut = WebSocketFrame
+public final class WebSocketProtocolHandler: ChannelDuplexHandler {
+    public typealias InboundIn = WebSocketFrame
+    public typealias InboundOut = WebSocketFrame
     /// Other handlers may still write whole frames through the pipeline (tests, tools): they take
     /// the same path as the API.
-    typealias OutboundIn = WebSocketFrame
-    typealias OutboundOut = ByteBuffer
+    public typealias OutboundIn = WebSocketFrame
+    public typealias OutboundOut = ByteBuffer
 
-    struct Options: Sendable {
-        var maximumMessageBytes: Int
-        var compression: WebSocketCompression
-        var closeTimeout: TimeAmount = .seconds(3)
+    /// The layer's limits and compression settings.
+    public struct Options: Sendable {
+        /// Largest message accepted, after inflating (bigger: close 1009).
+        public var maximumMessageBytes: Int
+        /// What the server compresses and how, when permessage-deflate was negotiated.
+        public var compression: WebSocketCompression
+        /// How long the server waits for the client's close frame after its own before closing TCP.
+        public var closeTimeout: TimeAmount = .seconds(3)
+
+        public init(maximumMessageBytes: Int, compression: WebSocketCompression, closeTimeout: TimeAmount = .seconds(3)) {
+            self.maximumMessageBytes = maximumMessageBytes
+            self.compression = compression
+            self.closeTimeout = closeTimeout
+        }
     }
 
-    let options: Options
-    let deflate: PerMessageDeflateParameters?
+    public let options: Options
+    /// The negotiated permessage-deflate parameters; nil: uncompressed.
+    public let deflate: PerMessageDeflateParameters?
     private var assembler: WebSocketMessageAssembler
     /// Set between `handlerAdded` and `handlerRemoved`.
     var context: ChannelHandlerContext?
@@ -49,12 +60,13 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
     var unflushed = false
     /// Whether the channel's outbound queue is under its high watermark (the connection closes a
     /// slow reader with 4008 when it is not).
-    var isWritable: Bool { context?.channel.isWritable ?? false }
+    public var isWritable: Bool { context?.channel.isWritable ?? false }
     /// `contextTakeover` mode: this connection's own compressor, made on its first compressed message.
     var deflater: ZlibDeflater?
     var loopState: DeflateLoopState?
 
-    init(options: Options, deflate: PerMessageDeflateParameters?) {
+    /// A handler for one connection; `deflate` is what `PerMessageDeflateParameters.negotiate` chose.
+    public init(options: Options, deflate: PerMessageDeflateParameters?) {
         self.options = options
         self.deflate = deflate
         self.assembler = WebSocketMessageAssembler(maximumBytes: options.maximumMessageBytes, allowsCompression: deflate != nil)
@@ -62,22 +74,22 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
 
     /// The frame decoder's `maxFrameSize`: the message limit plus room for a compressed frame
     /// that came out slightly bigger than its content; the assembler enforces the exact limit.
-    static func maximumFrameSize(messageLimit: Int) -> Int {
+    public static func maximumFrameSize(messageLimit: Int) -> Int {
         messageLimit + messageLimit / 64 + 1024
     }
 
-    func handlerAdded(context: ChannelHandlerContext) {
+    public func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
     }
 
-    func handlerRemoved(context: ChannelHandlerContext) {
+    public func handlerRemoved(context: ChannelHandlerContext) {
         closeTimer?.cancel()
         closeTimer = nil
         pending = nil
         self.context = nil
     }
 
-    func channelInactive(context: ChannelHandlerContext) {
+    public func channelInactive(context: ChannelHandlerContext) {
         closeTimer?.cancel()
         closeTimer = nil
         pending = nil
@@ -85,12 +97,12 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
     }
 
     /// After the application has handled what was read (and written its answers), one flush.
-    func channelReadComplete(context: ChannelHandlerContext) {
+    public func channelReadComplete(context: ChannelHandlerContext) {
         context.fireChannelReadComplete()
         flush()
     }
 
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+    public func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if let error = error as? NIOWebSocketError {
             // The decoder stops at a bad frame and reads nothing more, so the client's close cannot
             // arrive: TCP closes once our close frame is out.
@@ -106,7 +118,7 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
 
     // MARK: Inbound
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
         guard !closeReceived else { return }
         guard !frame.rsv2, !frame.rsv3 else { return fail(.protocolError, "reserved bits set") }
@@ -182,7 +194,7 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
     /// Starts the close handshake with `code` (the reason is cut to fit a control frame). Whatever
     /// was sent before leaves first; nothing sent after it does. TCP closes when the client
     /// answers, or after `closeTimeout`. Idempotent.
-    func close(_ code: CloseCode, reason: String) {
+    public func close(_ code: CloseCode, reason: String) {
         guard !closeSent, context != nil else { return }
         sendClose(Self.closePayload(code, reason: reason), thenCloseTCP: false)
     }

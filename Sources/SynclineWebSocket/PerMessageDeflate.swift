@@ -1,10 +1,10 @@
 import Foundation
 import NIOCore
-import NIOHTTP1
 import NIOPosix
 
 /// permessage-deflate (RFC 7692) settings of a server.
 public struct WebSocketCompression: Sendable, Equatable {
+    /// How the server compresses what it sends (`--websocket-compression`).
     public enum Mode: String, Sendable, CaseIterable {
         /// The extension is declined: every client gets uncompressed frames.
         case off
@@ -32,13 +32,20 @@ public struct WebSocketCompression: Sendable, Equatable {
 }
 
 /// The outcome of permessage-deflate negotiation for one connection.
-struct PerMessageDeflateParameters: Equatable, Sendable {
+public struct PerMessageDeflateParameters: Equatable, Sendable {
     /// The server does not take over context: the client asked for it, or the mode is `shared`.
-    var serverNoContextTakeover = false
+    public var serverNoContextTakeover = false
     /// Largest LZ77 window the server may use (the client's `server_max_window_bits`, or 15).
-    var serverMaxWindowBits = 15
+    public var serverMaxWindowBits = 15
+
+    /// Defaults: context takeover allowed, 15-bit window.
+    public init(serverNoContextTakeover: Bool = false, serverMaxWindowBits: Int = 15) {
+        self.serverNoContextTakeover = serverNoContextTakeover
+        self.serverMaxWindowBits = serverMaxWindowBits
+    }
+
     /// The value of `Sec-WebSocket-Extensions` in the 101 response.
-    var responseHeader: String {
+    public var responseHeader: String {
         var parts = ["permessage-deflate"]
         if serverNoContextTakeover { parts.append("server_no_context_takeover") }
         // Always: the server inflates each message with a fresh inflater that does not outlive it.
@@ -50,7 +57,7 @@ struct PerMessageDeflateParameters: Equatable, Sendable {
     /// Picks the first acceptable permessage-deflate offer of the request's
     /// `Sec-WebSocket-Extensions` headers (RFC 7692 §5, §7.1); nil: none, or compression is off.
     /// An offer with an unknown or repeated parameter, or an invalid value, is declined.
-    static func negotiate(_ headers: [String], mode: WebSocketCompression.Mode) -> PerMessageDeflateParameters? {
+    public static func negotiate(_ headers: [String], mode: WebSocketCompression.Mode) -> PerMessageDeflateParameters? {
         guard mode != .off else { return nil }
         for offer in headers.flatMap({ $0.split(separator: ",", omittingEmptySubsequences: true) }) {
             let items = offer.split(separator: ";").map { $0.trimmingCharacters(in: .whitespaces) }

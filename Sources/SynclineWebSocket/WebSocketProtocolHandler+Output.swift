@@ -25,7 +25,7 @@ extension WebSocketProtocolHandler {
     /// block in front of it; with `contextTakeover` this connection's compressor takes both.
     /// `promise` (optional: deliveries pass none) completes when the bytes were written.
     /// Dropped once the close handshake started (the promise fails).
-    func sendText(prefix: ByteBuffer, body: ByteBuffer, promise: EventLoopPromise<Void>? = nil) {
+    public func sendText(prefix: ByteBuffer, body: ByteBuffer, promise: EventLoopPromise<Void>? = nil) {
         guard !closeSent, context != nil else {
             promise?.fail(ChannelError.outputClosed)
             return
@@ -84,7 +84,7 @@ extension WebSocketProtocolHandler {
     }
 
     /// Sends one whole message (`text` or `binary`), compressed when negotiated.
-    func sendMessage(_ data: ByteBuffer, opcode: WebSocketOpcode = .text, promise: EventLoopPromise<Void>? = nil) {
+    public func sendMessage(_ data: ByteBuffer, opcode: WebSocketOpcode = .text, promise: EventLoopPromise<Void>? = nil) {
         guard !closeSent, context != nil else {
             promise?.fail(ChannelError.outputClosed)
             return
@@ -97,12 +97,12 @@ extension WebSocketProtocolHandler {
     }
 
     /// Sends a text message.
-    func sendText(_ text: String, promise: EventLoopPromise<Void>? = nil) {
+    public func sendText(_ text: String, promise: EventLoopPromise<Void>? = nil) {
         sendMessage(Self.allocator.buffer(string: text), promise: promise)
     }
 
     /// A ping (the server's heartbeat); its pong is passed on to the application.
-    func sendPing() {
+    public func sendPing() {
         sendControl(.ping, payload: ByteBuffer())
     }
 
@@ -114,7 +114,7 @@ extension WebSocketProtocolHandler {
 
     /// Hands the pending frames to the channel and flushes it, when anything was sent since the
     /// last flush. Cheap when there is nothing to do.
-    func flush() {
+    public func flush() {
         guard let context else { return }
         if let buffer = pending {
             pending = nil
@@ -132,7 +132,7 @@ extension WebSocketProtocolHandler {
 
     // MARK: Through the pipeline
 
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let frame = unwrapOutboundIn(data)
         switch frame.opcode {
         case .connectionClose:
@@ -158,7 +158,7 @@ extension WebSocketProtocolHandler {
         }
     }
 
-    func flush(context: ChannelHandlerContext) {
+    public func flush(context: ChannelHandlerContext) {
         flush()
     }
 
