@@ -40,6 +40,7 @@ final class ZlibDeflater {
     /// Compresses `parts` (one message's payload, in order) and appends the result to `output`:
     /// ends with a sync flush whose trailing `00 00 FF FF` is removed (RFC 7692 §7.2.1).
     func compress(_ parts: [ByteBuffer], into output: inout ByteBuffer) {
+        let start = output.writerIndex
         for (index, part) in parts.enumerated() {
             let flush = index == parts.count - 1 ? Z_SYNC_FLUSH : Z_NO_FLUSH
             part.withUnsafeReadableBytes { input in
@@ -62,8 +63,15 @@ final class ZlibDeflater {
             return
         }
         let tail = output.writerIndex - 4
-        if tail >= output.readerIndex, output.getBytes(at: tail, length: 4) == [0, 0, 0xFF, 0xFF] {
+        if tail >= start, output.getBytes(at: tail, length: 4) == [0, 0, 0xFF, 0xFF] {
             output.moveWriterIndex(to: tail)
+        }
+        if output.writerIndex == start {
+            // An empty message right after a sync flush (context takeover): zlib makes no progress
+            // and writes nothing, but an empty payload is not a compressed message (the 00 00 FF FF
+            // the receiver appends lacks its block header and starts a stored block of 0xFF00
+            // bytes that swallows the next message). RFC 7692 §7.2.3.6: send a single 0x00.
+            output.writeInteger(UInt8(0))
         }
     }
 

@@ -124,6 +124,24 @@ struct WebSocketLayerTests {
         }
     }
 
+    // Found by fuzz-websocket (deflate mode): with context takeover zlib writes nothing for an empty
+    // message after a sync flush, and the receiver's appended 00 00 FF FF then opened a 0xFF00-byte
+    // stored block that swallowed the next message.
+    @Test("context takeover: an empty message between two others is one 0x00 byte and inflates (RFC 7692 §7.2.3.6)")
+    func contextTakeoverEmptyMessage() {
+        let deflater = ZlibDeflater(windowBits: 15, memoryLevel: 8)!
+        let inflater = ZlibInflater()!
+        for text in ["first message, long enough to be compressed", "", "", "third message after the empty ones"] {
+            var compressed = ByteBuffer()
+            deflater.compress([ByteBuffer(string: text)], into: &compressed)
+            if text.isEmpty { #expect(Array(compressed.readableBytesView) == [0]) }
+            var output = ByteBuffer()
+            #expect(inflater.inflate(compressed, into: &output, limit: 1 << 20) == .ok)
+            #expect(inflater.inflate(ByteBuffer(bytes: [0, 0, 0xFF, 0xFF]), into: &output, limit: 1 << 20) == .ok)
+            #expect(String(buffer: output) == text)
+        }
+    }
+
     @Test("server_max_window_bits=8: Huffman-only output (no back-references) inflates correctly")
     func windowBitsEight() {
         let text = String(repeating: "abcabcabc ", count: 200)
