@@ -13,6 +13,9 @@ let package = Package(
         .executable(name: "syncline-bench", targets: ["syncline-bench"]),
         .library(name: "SynclineProtocol", targets: ["SynclineProtocol"]),
         .library(name: "SynclineServer", targets: ["SynclineServer"]),
+        // For Fuzz/ (its own package, built by scripts/fuzz), which links only these two and NIO.
+        .library(name: "SynclineCore", targets: ["SynclineCore"]),
+        .library(name: "SynclineWebSocket", targets: ["SynclineWebSocket"]),
         .library(name: "SynclineClient", targets: ["SynclineClient"]),
     ],
     dependencies: [
@@ -59,6 +62,19 @@ let package = Package(
         ),
         // System zlib (Debian: zlib1g-dev) for permessage-deflate.
         .systemLibrary(name: "CZlib", path: "Sources/CZlib", providers: [.apt(["zlib1g-dev"])]),
+        // The RFC 6455/7692 layer: frames, reassembly, UTF-8, limits, close handshake,
+        // permessage-deflate. Apart from the server (no HTTP, no Postgres) so fuzz builds stay small.
+        .target(
+            name: "SynclineWebSocket",
+            dependencies: [
+                "SynclineProtocol",
+                "CZlib",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
         // The browser client (clients/js/syncline.js and .d.ts), shipped as resources so that
         // `syncline serve` serves it at /client/. Resources must live in their target's folder.
         .target(
@@ -76,7 +92,7 @@ let package = Package(
                 "SynclineCore",
                 "SynclinePostgres",
                 "SynclineWebClient",
-                "CZlib",
+                "SynclineWebSocket",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -119,6 +135,7 @@ let package = Package(
             name: "syncline",
             dependencies: [
                 "SynclineServer",
+                "SynclineWebSocket",
                 "SynclineClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
@@ -140,6 +157,7 @@ let package = Package(
             name: "syncline-ws-echo",
             dependencies: [
                 "SynclineServer",
+                "SynclineWebSocket",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -180,6 +198,7 @@ let package = Package(
             name: "SynclineServerTests",
             dependencies: [
                 "SynclineServer",
+                "SynclineWebSocket",
                 "SynclineCore",
                 "SynclinePostgres",
                 "SynclineProtocol",
@@ -203,6 +222,7 @@ let package = Package(
             name: "SynclineIntegrationTests",
             dependencies: [
                 "SynclineServer",
+                "SynclineWebSocket",
                 "SynclineClient",
                 "SynclineProtocol",
                 "SynclinePostgres",

@@ -5,6 +5,7 @@ import PostgresNIO
 import SynclineCore
 import SynclinePostgres
 import SynclineProtocol
+import SynclineWebSocket
 
 /// The fan-out's cost without sockets, PostgreSQL or timing: a fixed sequence of one-row commits
 /// goes through the real `Hub.dispatch` (match + encode once) and `LoopFanout.deliver` (prefix +

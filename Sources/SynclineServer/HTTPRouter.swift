@@ -3,6 +3,7 @@ import NIOCore
 import NIOHTTP1
 import Prometheus
 import SynclineProtocol
+import SynclineWebSocket
 
 /// What the upgrade check decided for one connection, read by the router when the upgrade is
 /// refused (so the refusal carries the right status) and by the WebSocket handler when it is not.

@@ -1,5 +1,6 @@
 import NIOCore
 import SynclinePostgres
+import SynclineWebSocket
 
 /// Everything a running server is told: where to listen, how to authenticate, and every limit.
 /// Each limit has a safe default and a flag (see `syncline serve --help`).

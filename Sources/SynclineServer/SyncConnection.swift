@@ -5,6 +5,7 @@ import NIOWebSocket
 import SynclineCore
 import SynclinePostgres
 import SynclineProtocol
+import SynclineWebSocket
 
 /// One `/v1/sync` WebSocket connection: messages in, the session state machine, subscriptions, and
 /// messages out. An event-loop-bound channel handler after `WebSocketProtocolHandler`, which owns

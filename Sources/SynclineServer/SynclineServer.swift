@@ -7,6 +7,7 @@ import NIOSSL
 import NIOWebSocket
 import ServiceLifecycle
 import SynclineProtocol
+import SynclineWebSocket
 
 /// The listening socket: HTTP/1.1 with the `/v1/sync` WebSocket upgrade, as a `Service`. On
 /// graceful shutdown it first drains (`/readyz` fails for `drainMilliseconds` while it keeps

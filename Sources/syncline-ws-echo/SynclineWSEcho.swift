@@ -1,6 +1,7 @@
 import ArgumentParser
 import Logging
 import SynclineServer
+import SynclineWebSocket
 
 /// A WebSocket echo endpoint over Syncline's WebSocket layer, for Autobahn|Testsuite's
 /// fuzzingclient (scripts/autobahn). Not a Syncline server: no Postgres, no sessions.

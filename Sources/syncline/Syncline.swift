@@ -4,6 +4,7 @@ import Logging
 import Metrics
 import Prometheus
 import SynclineServer
+import SynclineWebSocket
 
 @main
 struct Syncline: AsyncParsableCommand {

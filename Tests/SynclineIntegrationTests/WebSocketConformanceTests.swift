@@ -4,6 +4,7 @@ import NIOSSL
 import SynclineProtocol
 import Testing
 @testable import SynclineServer
+@testable import SynclineWebSocket
 
 /// The WebSocket layer on `/v1/sync` over real sockets: compression beside plain clients,
 /// decompression bombs, wss, and liveness. (RFC 6455/7692 conformance as a whole is

@@ -4,6 +4,7 @@ import NIOEmbedded
 import NIOWebSocket
 import Testing
 @testable import SynclineServer
+@testable import SynclineWebSocket
 
 /// The WebSocket layer's pure parts, without sockets: UTF-8 validation, extension negotiation,
 /// deflate framing, and the protocol handler on an EmbeddedChannel.
@@ -116,6 +117,24 @@ struct WebSocketLayerTests {
             let text = String(repeating: "message \(i) with repeated content; ", count: 20)
             var compressed = ByteBuffer()
             deflater.compress([ByteBuffer(string: text)], into: &compressed)
+            var output = ByteBuffer()
+            #expect(inflater.inflate(compressed, into: &output, limit: 1 << 20) == .ok)
+            #expect(inflater.inflate(ByteBuffer(bytes: [0, 0, 0xFF, 0xFF]), into: &output, limit: 1 << 20) == .ok)
+            #expect(String(buffer: output) == text)
+        }
+    }
+
+    // Found by fuzz-websocket (deflate mode): with context takeover zlib writes nothing for an empty
+    // message after a sync flush, and the receiver's appended 00 00 FF FF then opened a 0xFF00-byte
+    // stored block that swallowed the next message.
+    @Test("context takeover: an empty message between two others is one 0x00 byte and inflates (RFC 7692 §7.2.3.6)")
+    func contextTakeoverEmptyMessage() {
+        let deflater = ZlibDeflater(windowBits: 15, memoryLevel: 8)!
+        let inflater = ZlibInflater()!
+        for text in ["first message, long enough to be compressed", "", "", "third message after the empty ones"] {
+            var compressed = ByteBuffer()
+            deflater.compress([ByteBuffer(string: text)], into: &compressed)
+            if text.isEmpty { #expect(Array(compressed.readableBytesView) == [0]) }
             var output = ByteBuffer()
             #expect(inflater.inflate(compressed, into: &output, limit: 1 << 20) == .ok)
             #expect(inflater.inflate(ByteBuffer(bytes: [0, 0, 0xFF, 0xFF]), into: &output, limit: 1 << 20) == .ok)

@@ -4,6 +4,7 @@ import NIOSSL
 import SynclineProtocol
 import Testing
 @testable import SynclineServer
+@testable import SynclineWebSocket
 
 /// The one ordered write path (`WebSocketProtocolHandler` encodes every frame, coalesces small
 /// ones per flush, compresses per mode) seen from real clients on real sockets: what reaches the

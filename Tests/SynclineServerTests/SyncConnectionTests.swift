@@ -2,6 +2,7 @@ import NIOCore
 import NIOEmbedded
 import NIOWebSocket
 @testable import SynclineServer
+@testable import SynclineWebSocket
 import SynclineCore
 import SynclineProtocol
 import Testing

@@ -3,6 +3,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import NIOWebSocket
+import SynclineWebSocket
 
 /// An echo endpoint over the same WebSocket layer as `/v1/sync` (upgrader settings, permessage-
 /// deflate negotiation, `WebSocketProtocolHandler` with its assembler, limits and close handshake),

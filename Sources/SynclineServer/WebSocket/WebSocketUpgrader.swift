@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHTTP1
 import NIOWebSocket
+import SynclineWebSocket
 
 /// The WebSocket upgrade of `/v1/sync` and of the echo endpoint: NIO's handshake (version, key,
 /// `Sec-WebSocket-Accept`, the caller's `shouldUpgrade`), then the budgeted frame reader
