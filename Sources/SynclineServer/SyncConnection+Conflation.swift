@@ -79,7 +79,7 @@ extension SyncConnection {
     var outboundQueuedBytes: Int {
         guard let context else { return 0 }
         let channel = (try? context.channel.syncOptions?.getOption(.bufferedWritableBytes)) ?? 0
-        return (webSocket.pending?.readableBytes ?? 0) + channel
+        return webSocket.pendingBytes + channel
     }
 
     /// The fan-out's delivery of a batch (`records`, or none for an idle advance) to a live

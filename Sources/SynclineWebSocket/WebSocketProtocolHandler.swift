@@ -56,6 +56,9 @@ public final class WebSocketProtocolHandler: ChannelDuplexHandler {
     /// connection and flush instead of three per frame. Nil when empty (an idle connection holds
     /// no buffer).
     var pending: ByteBuffer?
+    /// Bytes of small frames written but not yet flushed to the channel (part of what a slow
+    /// reader has queued).
+    public var pendingBytes: Int { pending?.readableBytes ?? 0 }
     /// A write reached the channel since its last flush.
     var unflushed = false
     /// Whether the channel's outbound queue is under its high watermark (the connection closes a
