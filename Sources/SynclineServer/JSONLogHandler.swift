@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
+import SynclineProtocol
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -44,15 +45,15 @@ public struct JSONLogHandler: LogHandler {
     static func line(time: Date, level: Logger.Level, label: String, message: String, metadata: Logger.Metadata,
                      source: String) -> String {
         var out = "{\"time\":"
-        JSONText.appendString(timestamp(time), to: &out)
+        JSONValue.writeString(timestamp(time), to: &out)
         out += ",\"level\":"
-        JSONText.appendString(level.rawValue, to: &out)
+        JSONValue.writeString(level.rawValue, to: &out)
         out += ",\"label\":"
-        JSONText.appendString(label, to: &out)
+        JSONValue.writeString(label, to: &out)
         out += ",\"message\":"
-        JSONText.appendString(message, to: &out)
+        JSONValue.writeString(message, to: &out)
         out += ",\"source\":"
-        JSONText.appendString(source, to: &out)
+        JSONValue.writeString(source, to: &out)
         out += ",\"metadata\":"
         appendMetadata(metadata, to: &out)
         out += "}"
@@ -64,7 +65,7 @@ public struct JSONLogHandler: LogHandler {
         // Sorted: lines of one kind read (and diff) alike.
         for (index, key) in metadata.keys.sorted().enumerated() {
             if index > 0 { out += "," }
-            JSONText.appendString(key, to: &out)
+            JSONValue.writeString(key, to: &out)
             out += ":"
             appendValue(metadata[key]!, to: &out)
         }
@@ -73,8 +74,8 @@ public struct JSONLogHandler: LogHandler {
 
     private static func appendValue(_ value: Logger.Metadata.Value, to out: inout String) {
         switch value {
-        case .string(let string): JSONText.appendString(string, to: &out)
-        case .stringConvertible(let convertible): JSONText.appendString(convertible.description, to: &out)
+        case .string(let string): JSONValue.writeString(string, to: &out)
+        case .stringConvertible(let convertible): JSONValue.writeString(convertible.description, to: &out)
         case .dictionary(let dictionary): appendMetadata(dictionary, to: &out)
         case .array(let array):
             out += "["
@@ -137,25 +138,4 @@ public struct JSONLogOutput: Sendable {
     }
 
     func write(_ line: String) { writeLine(line) }
-}
-
-/// JSON string escaping (RFC 8259 §7): quotes, backslashes and control characters.
-enum JSONText {
-    static func appendString(_ string: String, to out: inout String) {
-        out += "\""
-        for scalar in string.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where scalar.value < 0x20:
-                let hex = String(scalar.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        out += "\""
-    }
 }
