@@ -5,56 +5,75 @@ import NIOPosix
 import SynclineClient
 
 /// A child process (the `syncline` server, or the Swift client example) whose output lines are
-/// collected, and which can be stopped with SIGTERM or killed with SIGKILL.
+/// collected, and which can be stopped with SIGTERM or killed with SIGKILL. Spawned with `Spawn`
+/// (not Foundation's `Process`, which can crash the test process); its stdin is a pipe, its
+/// stdout and stderr one file, read as it grows.
 final class ChildProcess: Sendable {
-    private let process: Process
-    private let input: Pipe
-    private let output = NIOLockedValueBox<[String]>([])
-    private let partial = NIOLockedValueBox("")
+    private struct State {
+        var exitStatus: Int32?
+        var readOffset = 0
+        var partial: [UInt8] = []
+        var lines: [String] = []
+    }
+
+    private let state = NIOLockedValueBox(State())
+    private let output: TemporaryFile
+    /// Our end of the child's stdin.
+    private let inputFD: Int32
+    let pid: Int32
     let name: String
 
     static func binary(_ name: String) -> String { repositoryRoot + "/.build/debug/" + name }
 
     init(_ executable: String, _ arguments: [String], environment: [String: String] = [:], name: String) throws {
         self.name = name
-        process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
         var env = ProcessInfo.processInfo.environment
         env["SYNCLINE_CLIENT_CRASH_AT"] = nil
         for (k, v) in environment { env[k] = v }
-        process.environment = env
-        input = Pipe()
-        let out = Pipe()
-        process.standardInput = input
-        process.standardOutput = out
-        process.standardError = out
-        let output = self.output
-        let partial = self.partial
-        out.fileHandleForReading.readabilityHandler = { handle in
-            let data = handle.availableData
-            guard !data.isEmpty else { return }
-            let lines = partial.withLockedValue { rest -> [String] in
-                rest += String(decoding: data, as: UTF8.self)
-                var parts = rest.components(separatedBy: "\n")
-                rest = parts.removeLast()
-                return parts
-            }
-            output.withLockedValue { $0.append(contentsOf: lines) }
+        output = try TemporaryFile()
+        var ends: [Int32] = [-1, -1]
+        // (Close-on-exec for a child spawned elsewhere meanwhile; ours closes them anyway.)
+        guard pipe(&ends) == 0 else { throw TestFailure("pipe: \(String(cString: strerror(errno)))") }
+        for end in ends { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
+        do {
+            pid = try Spawn.start(executable, arguments, environment: env, stdin: ends[0], stdout: output.fd, stderr: output.fd)
+        } catch {
+            close(ends[0])
+            close(ends[1])
+            output.remove()
+            throw error
         }
-        try process.run()
+        close(ends[0])
+        inputFD = ends[1]
     }
 
-    var lines: [String] { output.withLockedValue { $0 } }
-    var isRunning: Bool { process.isRunning }
-    var pid: Int32 { process.processIdentifier }
+    /// Every complete line written so far.
+    var lines: [String] {
+        state.withLockedValue { state in
+            let new = output.contents(from: state.readOffset)
+            state.readOffset += new.count
+            state.partial += new
+            while let newline = state.partial.firstIndex(of: UInt8(ascii: "\n")) {
+                state.lines.append(String(decoding: state.partial[..<newline], as: UTF8.self))
+                state.partial.removeSubrange(...newline)
+            }
+            return state.lines
+        }
+    }
+
+    var isRunning: Bool {
+        state.withLockedValue { state in
+            guard state.exitStatus == nil else { return false }
+            var status: Int32 = 0
+            guard waitpid(pid, &status, WNOHANG) == pid else { return true }
+            state.exitStatus = Spawn.exitStatus(status)
+            return false
+        }
+    }
 
     func write(_ line: String) {
-        input.fileHandleForWriting.write(Data((line + "\n").utf8))
-    }
-
-    func closeInput() {
-        try? input.fileHandleForWriting.close()
+        let bytes = Array((line + "\n").utf8)
+        _ = bytes.withUnsafeBytes { Glibc.write(inputFD, $0.baseAddress, $0.count) }
     }
 
     /// Waits for an output line containing `text`; returns it.
@@ -63,32 +82,37 @@ final class ChildProcess: Sendable {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             if let line = lines.first(where: { $0.contains(text) }) { return line }
-            if !process.isRunning, let line = lines.first(where: { $0.contains(text) }) { return line }
             try await Task.sleep(for: .milliseconds(20))
         }
         throw TestFailure("\(name): no line containing '\(text)' within \(timeout); output:\n" + lines.suffix(40).joined(separator: "\n"))
     }
 
-    /// Waits for the process to end; returns its termination status.
+    /// Waits for the process to end; returns its exit code (or the number of the signal that ended it).
     @discardableResult
     func waitForExit(timeout: Duration = .seconds(30)) async throws -> Int32 {
         let deadline = ContinuousClock.now + timeout
-        while process.isRunning {
+        while isRunning {
             guard ContinuousClock.now < deadline else {
-                kill(process.processIdentifier, SIGKILL)
+                kill(pid, SIGKILL)
                 throw TestFailure("\(name) did not exit within \(timeout)")
             }
             try await Task.sleep(for: .milliseconds(20))
         }
-        return process.terminationStatus
+        return state.withLockedValue { $0.exitStatus ?? -1 }
     }
 
     func signal(_ signal: Int32) {
-        kill(process.processIdentifier, signal)
+        if isRunning { kill(pid, signal) }
     }
 
     deinit {
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        if isRunning {
+            kill(pid, SIGKILL)
+            var status: Int32 = 0
+            waitpid(pid, &status, 0)
+        }
+        close(inputFD)
+        output.remove()
     }
 }
 

@@ -32,25 +32,14 @@ enum JWTMint {
 
     static func now(_ offset: Int = 0) -> JSONValue { .number("\(Int(Date().timeIntervalSince1970) + offset)") }
 
+    /// Runs /usr/bin/openssl (through `Spawn`, not Foundation's `Process`); returns its stdout.
     @discardableResult
     static func openssl(_ arguments: [String], input: Data = Data()) throws -> Data {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        process.arguments = arguments
-        let stdin = Pipe(), stdout = Pipe(), stderr = Pipe()
-        process.standardInput = stdin
-        process.standardOutput = stdout
-        process.standardError = stderr
-        try process.run()
-        stdin.fileHandleForWriting.write(input)
-        try stdin.fileHandleForWriting.close()
-        let out = stdout.fileHandleForReading.readDataToEndOfFile()
-        let err = stderr.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
+        let (status, out, err) = try Spawn.run("/usr/bin/openssl", arguments, input: Array(input))
+        guard status == 0 else {
             throw TestFailure("openssl \(arguments.first ?? "") failed: \(String(decoding: err, as: UTF8.self))")
         }
-        return out
+        return Data(out)
     }
 }
 
