@@ -143,7 +143,7 @@ final class TestClient: Sendable {
         let deadline = ContinuousClock.now + timeout
         while true {
             if let message = inboxRef.withLockedValue({ $0.isEmpty ? nil : $0.removeFirst() }) { return message }
-            if finishedRef.withLockedValue({ $0 }) { throw TestFailure("connection closed while waiting for a message") }
+            if finishedRef.withLockedValue({ $0 }) { throw TestFailure("connection closed while waiting for a message: \(await endDescription)") }
             guard ContinuousClock.now < deadline else { throw TestFailure("no message within \(timeout)") }
             try await Task.sleep(for: .milliseconds(2))
         }
@@ -204,6 +204,17 @@ final class TestClient: Sendable {
     }
 
     var isClosed: Bool { finishedRef.withLockedValue { $0 } }
+
+    /// How the connection ended, for failure messages: the server's close frame, or the error.
+    private var endDescription: String {
+        get async {
+            switch await task.result {
+            case .success(let frame?): "close frame \(frame.closeCode) \"\(frame.reason ?? "")\""
+            case .success(nil): "no close frame (TCP closed)"
+            case .failure(let error): "\(error)"
+            }
+        }
+    }
 }
 
 /// A bare HTTP/1.1 exchange over a socket, for answers a WebSocket client hides (401, 400, 426).
