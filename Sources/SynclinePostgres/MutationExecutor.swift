@@ -106,6 +106,9 @@ public final class MutationExecutor: Service, Sendable {
         self.lanes = (0..<configuration.lanes).map(Lane.init)
     }
 
+    /// Mutations taken and not yet answered, all lanes together: queued or in a batch.
+    public var pending: Int { queued.withLockedValue { $0 } }
+
     /// Queues a mutation. Returns false — and does not call `reply` — when this node's queue is
     /// full or its lane has no database connection: the caller answers `error unavailable`.
     public func submit(_ request: Request) -> Bool {

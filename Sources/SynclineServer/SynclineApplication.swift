@@ -41,6 +41,9 @@ public final class SynclineApplication: Sendable {
     /// Shared snapshot reads so far (also the `syncline_snapshot_*` metrics).
     public var snapshotReads: SnapshotReadStats { server.environment.snapshots.stats }
 
+    /// Mutations this node has taken and not yet answered (queued or in a batch).
+    public var mutationsPending: Int { (server.environment.mutations as? MutationExecutor)?.pending ?? 0 }
+
     /// Delivery health: the canary's lag, readiness, the drain.
     public var health: NodeHealth { server.environment.health }
 

@@ -24,10 +24,15 @@ struct MutationTests {
     }
 
     /// The next `ack`/`reject`/`error` answering a mutation, skipping feed traffic.
-    static func answer(_ client: TestClient, timeout: Duration = .seconds(15)) async throws -> JSONValue {
+    static func answer(_ client: TestClient, timeout: Duration = .seconds(15), sourceLocation: SourceLocation = #_sourceLocation) async throws -> JSONValue {
         let deadline = ContinuousClock.now + timeout
         while true {
-            let message = try await client.next(timeout: max(.milliseconds(1), deadline - ContinuousClock.now))
+            let message: JSONValue
+            do {
+                message = try await client.next(timeout: max(.milliseconds(1), deadline - ContinuousClock.now))
+            } catch {
+                throw TestFailure("\(error), waiting for the answer at line \(sourceLocation.line)")
+            }
             switch message["type"]?.stringValue {
             case "ack", "reject", "error": return message
             default: continue
@@ -42,11 +47,12 @@ struct MutationTests {
     /// A mutator that sleeps `args.s` seconds: it keeps a batch busy so that others queue behind it.
     /// Waits (up to 10 s) until the executor's connection is inside `test_sleep`.
     static func waitForSleeper(_ server: TestServer) async throws {
-        let sleeping = ContinuousClock.now + .seconds(10)
+        let sleeping = ContinuousClock.now + .seconds(30)
         while try await server.database.value("""
             SELECT count(*) FROM pg_stat_activity
             WHERE application_name = 'syncline-mutations' AND datname = current_database() AND wait_event = 'PgSleep'
-            """) != "1", ContinuousClock.now < sleeping {
+            """) != "1" {
+            guard ContinuousClock.now < sleeping else { throw TestFailure("the mutation lane never entered test_sleep") }
             try await Task.sleep(for: .milliseconds(50))
         }
     }
@@ -180,20 +186,25 @@ struct MutationTests {
 
     @Test("one batch: a rejected member rolls back alone, the others commit together")
     func mixedBatch() async throws {
-        try await TestServer.with(configure: { $0.server.mutations.lanes = 1 }) { server in
-            try await Self.installSleeper(server)
+        try await TestServer.with(configure: {
+            $0.server.mutations.lanes = 1
+            $0.server.mutations.batchTimeout = .seconds(60)  // the gate's batch waits for the test
+        }) { server in
+            try await Self.installGate(server)
             let blocker = try await TestClient.open(server, sub: "alice")
             var clients: [TestClient] = []
             for sub in ["alice", "alice", "bob", "bob"] { clients.append(try await TestClient.open(server, sub: sub)) }
-            // The sleeper holds the lane long enough for the four below to queue even on a loaded
-            // machine (0.5 s was seen too short there: they were split over two batches).
-            blocker.send(Self.mutate(1, "test_sleep", "{\"s\":3}"))
-            try await Self.waitForSleeper(server)
-            // These queue while the sleeper's batch runs, and go together in the next one.
-            clients[0].send(Self.transfer(1, amount: "100"))
-            clients[1].send(Self.transfer(1, from: "alice-savings", amount: "20000"))  // insufficient
-            clients[2].send(Self.transfer(1, from: "bob-checking", to: "alice-savings", amount: "20"))
-            clients[3].send(Self.transfer(1, from: "alice-savings", to: "bob-checking", amount: "1"))  // not bob's
+            try await Self.withGateClosed(server) {
+                // The gate's batch holds the lane; the four below queue behind it and, once all
+                // are queued and the gate opens, go together in the next batch.
+                blocker.send(Self.mutate(1, "test_gate", "{}"))
+                try await Self.waitForPending(server, 1)
+                clients[0].send(Self.transfer(1, amount: "100"))
+                clients[1].send(Self.transfer(1, from: "alice-savings", amount: "20000"))  // insufficient
+                clients[2].send(Self.transfer(1, from: "bob-checking", to: "alice-savings", amount: "20"))
+                clients[3].send(Self.transfer(1, from: "alice-savings", to: "bob-checking", amount: "1"))  // not bob's
+                try await Self.waitForPending(server, 5)
+            }
             #expect(try await Self.answer(blocker)["type"] == .string("ack"))
             var answers: [JSONValue] = []
             for client in clients { answers.append(try await Self.answer(client)) }
@@ -220,16 +231,21 @@ struct MutationTests {
             $0.server.mutations.connectionLossRetries = 0
         }) { server in
             try await Self.installSleeper(server)
+            try await Self.installGate(server)
             let alice = try await TestClient.open(server, sub: "alice")
             let bob = try await TestClient.open(server, sub: "bob")
             let balances = try await Self.balances(server)
             let blocker = try await TestClient.open(server, sub: "alice")
-            blocker.send(Self.mutate(1, "test_sleep", "{\"s\":0.3}"))
-            try await Task.sleep(for: .milliseconds(100))
-            // Queued behind the blocker: transfer, then a sleeper that holds the batch open.
-            alice.send(Self.transfer(1, amount: "50"))
-            bob.send(Self.mutate(1, "test_sleep", "{\"s\":30}"))
-            bob.send(Self.transfer(2, from: "bob-checking", to: "alice-checking", amount: "5"))
+            try await Self.withGateClosed(server) {
+                blocker.send(Self.mutate(1, "test_gate", "{}"))
+                try await Self.waitForPending(server, 1)
+                // Queued behind the gate, for one batch: transfer, then a sleeper that holds that
+                // batch open, then another transfer.
+                alice.send(Self.transfer(1, amount: "50"))
+                bob.send(Self.mutate(1, "test_sleep", "{\"s\":30}"))
+                bob.send(Self.transfer(2, from: "bob-checking", to: "alice-checking", amount: "5"))
+                try await Self.waitForPending(server, 4)
+            }
             #expect(try await Self.answer(blocker)["type"] == .string("ack"))
             // Wait until that batch is inside bob's sleeper (so the transfer before it ran), rather
             // than for a fixed time, which a loaded machine can outlast or fall short of.
