@@ -179,9 +179,12 @@ import Testing
 
     @Test("SIGTERM drain: /readyz 503 while still serving, then 1001")
     func drain() async throws {
-        let drain: Int64 = 1_500
+        // Long enough that a loaded machine pings and opens a connection inside the drain; the
+        // canary runs, but with a threshold no load reaches, so only the drain makes /readyz fail.
+        let drain: Int64 = 5_000
         let server = try await TestServer.start(configure: {
             Self.canaryOn(&$0)
+            $0.server.canaryLateMilliseconds = 600_000
             $0.server.drainMilliseconds = drain
         })
         let client = try await TestClient.open(server)
