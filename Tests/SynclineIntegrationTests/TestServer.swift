@@ -13,6 +13,8 @@ struct TestServer: Sendable {
     let port: Int
     let database: TestDatabase
     private let running: Task<Void, any Error>
+    /// The configured drain, which every stop waits out first.
+    private var drain: Duration = .zero
 
     var url: String { "ws://127.0.0.1:\(port)/v1/sync" }
 
@@ -38,7 +40,8 @@ struct TestServer: Sendable {
         let app = try await SynclineApplication.prepare(options, logger: logger)
         let running = Task { try await app.run() }
         let port = try await app.port
-        let server = TestServer(app: app, port: port, database: database, running: running)
+        var server = TestServer(app: app, port: port, database: database, running: running)
+        server.drain = .milliseconds(options.server.drainMilliseconds)
         try await server.waitUntilReady()
         return server
     }
@@ -61,10 +64,11 @@ struct TestServer: Sendable {
             _ = try? await running.value
             done.withLockedValue { $0 = true }
         }
-        let deadline = ContinuousClock.now + .seconds(20)
+        let limit = drain + .seconds(20)
+        let deadline = ContinuousClock.now + limit
         while !done.withLockedValue({ $0 }) {
             guard ContinuousClock.now < deadline else {
-                Issue.record("the server did not shut down within 20 s")
+                Issue.record("the server did not shut down within \(limit) (its drain and 20 s)")
                 return
             }
             try? await Task.sleep(for: .milliseconds(10))
