@@ -196,8 +196,11 @@ final class QueryRecorder: Sendable {
 
     init(_ query: LiveQuery) {
         let events = self.events
+        // Made here, not in the task: a task that starts late would see early changes folded into
+        // its opening `.snapshot`, and count them as never inserted.
+        let sequence = query.events(limit: 100_000)
         task = Task {
-            for await event in query.events(limit: 100_000) { events.withLockedValue { $0.append(event) } }
+            for await event in sequence { events.withLockedValue { $0.append(event) } }
         }
     }
 
