@@ -83,10 +83,11 @@ struct CanaryService: Service {
         let payload = "{\"node\":\(JSONValue.quoted(health.nodeID)),\"run\":\"\(health.incarnation)\",\"seq\":\(sequence)}"
         let lag = health.lagMilliseconds ?? 0
         health.sent(sequence)
+        let readAt = ContinuousClock.now
         let rows = try await client.query(
             "SELECT * FROM syncline.canary(\(health.nodeID), \(payload)::jsonb, \(lag), \(freshMilliseconds))", logger: logger)
         for try await (head, usage, _, peerLags) in rows.decode((Int64, Double, [String], [Int64]).self) {
-            health.learned(peerLags: peerLags)
+            health.learned(peerLags: peerLags, readAt: readAt)
             peersGauge.record(peerLags.count)
             queueGauge.record(usage)
             positionsGauge.record(max(0, head - hub.head))

@@ -7,8 +7,10 @@
 ///   spell, so that clients reconnect through the load balancer to a node that delivers.
 /// - Late, and no other live node healthy (a slow Postgres slows them all: moving clients would
 ///   not help): stay ready, and raise the alert. "Healthy" has a margin because nodes do not cross
-///   the threshold at the same instant and peers' lags are a canary period old: without it, the
-///   first node of a fleet-wide slowdown would send its clients to nodes about to be late too.
+///   the threshold at the same instant: without it, the first node of a fleet-wide slowdown would
+///   send its clients to nodes about to be late too. Peers' lags arrive as worst cases, aged by
+///   the time since each peer wrote it (`NodeHealth`, migration 0009): under a slow Postgres the
+///   canary rounds are slow too, and a peer's last healthy lag may be seconds old.
 /// - Late and alone (no other live node): not ready — the truth — but no 1001: there is nowhere
 ///   better to go.
 public struct DeliveryHealth: Sendable {

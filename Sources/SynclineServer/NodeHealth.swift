@@ -15,7 +15,10 @@ public final class NodeHealth: Sendable {
         var clock = CanaryClock()
         var health: DeliveryHealth
         var draining = false
+        /// The peers' lags as the last canary round answered them (aged to when it began, 0009).
         var peerLags: [Int64] = []
+        /// When that round began: the peers' lags grow, worst case, by the time since.
+        var peersReadAt = ContinuousClock.now
     }
 
     /// This node's name in `syncline.nodes` and in its canaries.
@@ -48,9 +51,12 @@ public final class NodeHealth: Sendable {
         state.withLockedValue { $0.clock.sent(sequence, at: now) }
     }
 
-    /// The other live nodes' lags, as the last canary round read them.
-    func learned(peerLags: [Int64]) {
-        state.withLockedValue { $0.peerLags = peerLags }
+    /// The other live nodes' lags, as the canary round that began at `readAt` read them.
+    func learned(peerLags: [Int64], readAt: ContinuousClock.Instant) {
+        state.withLockedValue {
+            $0.peerLags = peerLags
+            $0.peersReadAt = readAt
+        }
     }
 
     /// From the tail's sink, after the hub delivered `event`: settles this node's canaries in it.
@@ -89,10 +95,15 @@ public final class NodeHealth: Sendable {
         state.withLockedValue { $0.clock.lastLatency }
     }
 
-    func observation(tailConnected: Bool) -> DeliveryHealth.Observation {
-        let lag = lagMilliseconds
+    /// What the rule looks at `now`. Peers' lags are worst cases: what they were when last read,
+    /// plus the time since (a peer may have stalled right after it wrote), so that a late node
+    /// never sends its clients to a peer it merely has not heard from lately.
+    func observation(tailConnected: Bool, at now: ContinuousClock.Instant = .now) -> DeliveryHealth.Observation {
+        let lag = canaryEnabled ? state.withLockedValue { $0.clock.lag(at: now) }.wholeMilliseconds : nil
         return state.withLockedValue {
-            .init(draining: $0.draining, tailConnected: tailConnected, lagMilliseconds: lag, peerLagsMilliseconds: $0.peerLags)
+            let age = max(.zero, now - $0.peersReadAt).wholeMilliseconds
+            return .init(draining: $0.draining, tailConnected: tailConnected, lagMilliseconds: lag,
+                         peerLagsMilliseconds: $0.peerLags.map { $0 + age })
         }
     }
 

@@ -82,6 +82,27 @@ import Testing
         #expect(health.step(Self.look(lag: 7_000, peers: [10], draining: true)).isEmpty)
     }
 
+    @Test("peers' lags are worst cases: a peer not heard from for a while is not healthy")
+    func agedPeerLags() {
+        let health = NodeHealth(nodeID: "a", canaryEnabled: true, lateMilliseconds: 5_000)
+        let t0 = ContinuousClock.now
+        health.learned(peerLags: [100, 4_000], readAt: t0)
+        #expect(health.observation(tailConnected: true, at: t0).peerLagsMilliseconds == [100, 4_000])
+        #expect(health.observation(tailConnected: true, at: t0 + .milliseconds(1_500)).peerLagsMilliseconds == [1_600, 5_500])
+        // Late while the peer that last said 100 ms has been silent for 3 s (it may have stalled
+        // right after): no healthy peer, so stay ready and close nothing.
+        var rule = DeliveryHealth(lateMilliseconds: 5_000)
+        let stale = DeliveryHealth.Observation(draining: false, tailConnected: true, lagMilliseconds: 6_000,
+                                               peerLagsMilliseconds: health.observation(tailConnected: true, at: t0 + .seconds(3)).peerLagsMilliseconds)
+        #expect(rule.verdict(stale) == .readyEveryNodeLate)
+        #expect(rule.step(stale).isEmpty)
+        // Heard from again, healthy: the late node sends its clients there.
+        health.learned(peerLags: [100], readAt: t0 + .seconds(3))
+        let fresh = DeliveryHealth.Observation(draining: false, tailConnected: true, lagMilliseconds: 6_000,
+                                               peerLagsMilliseconds: health.observation(tailConnected: true, at: t0 + .seconds(3)).peerLagsMilliseconds)
+        #expect(rule.step(fresh).count == 1)
+    }
+
     @Test("canary clock: lag is the oldest unseen canary's age, settled in commit order")
     func canaryClock() {
         var clock = CanaryClock()
