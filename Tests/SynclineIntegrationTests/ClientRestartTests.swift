@@ -33,7 +33,8 @@ struct ClientRestartTests {
         let store = try await SQLiteClientStore(path: storePath.path)
         let client = makeClient(url: server.url, store: store, cap: .seconds(2))
         let statuses = NIOLockedValueBox<[ClientStatus.State]>([])
-        let watcher = Task { for await status in client.statusUpdates() { statuses.withLockedValue { $0.append(status.state) } } }
+        let updates = client.statusUpdates() // before the task: a late task would miss `.connecting`
+        let watcher = Task { for await status in updates { statuses.withLockedValue { $0.append(status.state) } } }
         let query = try await client.subscribe(collection: "transactions", where: ["account_id": "alice-checking"])
         let recorder = QueryRecorder(query)
         try await eventually("live") { client.status.state == .live }
@@ -74,8 +75,9 @@ struct ClientRestartTests {
         #expect(inserts.count == 120, "never inserted by a change: \(expected.keys.filter { inserts[$0] == nil }.sorted()), events \(recorder.kinds)")
         #expect(!recorder.kinds.contains("reset"))
         // The store holds the same rows with the cursor: a restart of the app would resume from there.
-        let stored = try await store.load()
-        #expect(stored.feeds.first?.rows.count == expected.count)
+        // It follows the view by one group commit (rows and cursor are written together once the
+        // client's inbox is empty), so wait for it.
+        try await eventually("the store to hold every row") { try await store.load().feeds.first?.rows.count == expected.count }
         recorder.stop()
         await client.close()
         try await store.close()

@@ -73,9 +73,10 @@ struct ClientSyncTests {
                 .split(separator: "\n").map(String.init))
             #expect(Set(query.rows.compactMap { $0["id"]?.stringValue }) == expected)
             #expect(expected.count == 3)
-            // The stored rows were replaced too.
-            let stored = try await store.load()
-            #expect(Set(stored.feeds.first?.rows.compactMap { $0.row["id"]?.stringValue } ?? []) == expected)
+            // The stored rows were replaced too (one group commit behind the view).
+            try await eventually("the stored rows replaced") {
+                Set(try await store.load().feeds.first?.rows.compactMap { $0.row["id"]?.stringValue } ?? []) == expected
+            }
             recorder.stop()
             await client.close()
         }
@@ -150,7 +151,7 @@ struct ClientSyncTests {
             #expect(expired.mid == 1)
             #expect(try await server.database.psql("SELECT count(*) FROM transactions WHERE memo = 'expired'").trimmingCharacters(in: .whitespacesAndNewlines) == "2")
             try await eventually("nothing pending") { client.status.pending == 0 }
-            #expect(try await store.load().mutations.isEmpty)
+            try await eventually("the stored mutation forgotten") { try await store.load().mutations.isEmpty }
             await client.close()
         }
     }
@@ -164,11 +165,11 @@ struct ClientSyncTests {
             let b = try await client.subscribe(collection: "accounts", where: ["owner": "alice"])
             #expect(a === b)
             try await eventually("live") { client.status.state == .live }
-            #expect(try await store.load().feeds.count == 1)
+            try await eventually("the feed stored") { try await store.load().feeds.count == 1 }
             await a.unsubscribe()
             #expect(try await store.load().feeds.count == 1)
             await b.unsubscribe()
-            #expect(try await store.load().feeds.isEmpty)
+            try await eventually("the feed forgotten") { try await store.load().feeds.isEmpty }
             var events = a.events().makeAsyncIterator()
             #expect(await events.next() != nil)  // a new sequence still starts with the rows now…
             await client.close()
