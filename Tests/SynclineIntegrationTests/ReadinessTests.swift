@@ -222,8 +222,9 @@ import Testing
                 .split(separator: " ").compactMap { Int64($0) }
             #expect(lags.count == 2, "\(lags)")  // in node-id order: fresh, quiet
             if lags.count == 2 {
-                #expect((40..<1_040).contains(lags[0]), "\(lags)")
-                #expect((3_100..<4_100).contains(lags[1]), "\(lags)")
+                // Both aged from the same instant, however long psql took: 3 s apart beyond what they said.
+                #expect(lags[0] >= 40, "\(lags)")
+                #expect(abs((lags[1] - 100) - (lags[0] - 40) - 3_000) <= 2, "\(lags)")
             }
         }
     }
