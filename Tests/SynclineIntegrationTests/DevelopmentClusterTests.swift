@@ -8,7 +8,7 @@ import Testing
 @Suite("Development cluster")
 struct DevelopmentClusterTests {
     @Test("starts, keeps its data across restarts and stops, from a folder inside a 0700 directory")
-    func insideClosedDirectory() throws {
+    func insideClosedDirectory() async throws {
         let fm = FileManager.default
         let closed = NSTemporaryDirectory() + "syncline-closed-\(getpid())-\(UUID().uuidString.prefix(8))"
         try fm.createDirectory(atPath: closed, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
@@ -20,7 +20,8 @@ struct DevelopmentClusterTests {
             try? fm.removeItem(atPath: closed)
         }
 
-        var cluster = try DevelopmentCluster.start(configuration, logger: TestCluster.logger)
+        // initdb and pg_ctl are waited for off the cooperative pool (Thread.run).
+        var cluster = try await Thread.run { try DevelopmentCluster.start(configuration, logger: TestCluster.logger) }
         homes.insert(cluster.home)
         do {
             #expect(cluster.startedHere)
@@ -39,24 +40,28 @@ struct DevelopmentClusterTests {
             let url = try String(contentsOfFile: directory + "/postgres.url", encoding: .utf8)
             #expect(url == cluster.url + "\n")
             let database = TestDatabase(url: cluster.url)
-            _ = try database.psqlWaiting("CREATE TABLE kept (n int); INSERT INTO kept VALUES (42)")
+            _ = try await database.psql("CREATE TABLE kept (n int); INSERT INTO kept VALUES (42)")
         } catch {
-            cluster.stop(logger: TestCluster.logger)
+            let started = cluster
+            try await Thread.run { started.stop(logger: TestCluster.logger) }
             throw error
         }
-        cluster.stop(logger: TestCluster.logger)
+        let first = cluster
+        try await Thread.run { first.stop(logger: TestCluster.logger) }
 
         // Started again from the same folder: the same data, not a new cluster.
-        cluster = try DevelopmentCluster.start(configuration, logger: TestCluster.logger)
+        cluster = try await Thread.run { try DevelopmentCluster.start(configuration, logger: TestCluster.logger) }
         homes.insert(cluster.home)
-        defer { cluster.stop(logger: TestCluster.logger) }
         #expect(homes.count == 1)
-        #expect(try TestDatabase(url: cluster.url).psqlWaiting("SELECT n FROM kept") == "42\n")
+        let kept = try? await TestDatabase(url: cluster.url).psql("SELECT n FROM kept")
+        #expect(kept == "42\n")
+        let second = cluster
+        try await Thread.run { second.stop(logger: TestCluster.logger) }
     }
 
     @Test("a folder the postgres user can reach holds the cluster itself")
-    func reachableFolderStaysPut() throws {
-        let cluster = try TestCluster.cluster
+    func reachableFolderStaysPut() async throws {
+        let cluster = try await Thread.run { try TestCluster.cluster }
         #expect(cluster.home == cluster.configuration.directory)
         #expect(cluster.dataDirectory == cluster.configuration.directory + "/data")
     }

@@ -272,14 +272,3 @@ final class BlockingWebSocket: @unchecked Sendable {
 
     func close() { Glibc.close(fd) }
 }
-
-extension Thread {
-    /// Runs `body` on a new thread (blocking socket work stays off the cooperative pool).
-    static func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { continuation in
-            let thread = Thread { continuation.resume(with: Result { try body() }) }
-            thread.stackSize = 1 << 22
-            thread.start()
-        }
-    }
-}

@@ -16,26 +16,27 @@ enum JWTMint {
     }
 
     /// An HS256 token with `key` (any bytes) as the secret.
-    static func hs256(key: Data, header: [(String, JSONValue)] = [], claims: [(String, JSONValue)]) throws -> String {
+    static func hs256(key: Data, header: [(String, JSONValue)] = [], claims: [(String, JSONValue)]) async throws -> String {
         let input = signingInput(header: [("alg", "HS256"), ("typ", "JWT")] + header, claims: claims)
         let hex = key.map { String(format: "%02x", $0) }.joined()
-        let mac = try openssl(["dgst", "-sha256", "-mac", "HMAC", "-macopt", "hexkey:\(hex)", "-binary"], input: Data(input.utf8))
+        let mac = try await openssl(["dgst", "-sha256", "-mac", "HMAC", "-macopt", "hexkey:\(hex)", "-binary"], input: Data(input.utf8))
         return input + "." + base64URL(mac)
     }
 
     /// An RS256 token signed with `key`.
-    static func rs256(_ key: RSATestKey, header: [(String, JSONValue)] = [], claims: [(String, JSONValue)]) throws -> String {
+    static func rs256(_ key: RSATestKey, header: [(String, JSONValue)] = [], claims: [(String, JSONValue)]) async throws -> String {
         let input = signingInput(header: [("alg", "RS256"), ("typ", "JWT"), ("kid", .string(key.kid))] + header, claims: claims)
-        let signature = try openssl(["dgst", "-sha256", "-sign", key.privateKeyPath, "-binary"], input: Data(input.utf8))
+        let signature = try await openssl(["dgst", "-sha256", "-sign", key.privateKeyPath, "-binary"], input: Data(input.utf8))
         return input + "." + base64URL(signature)
     }
 
     static func now(_ offset: Int = 0) -> JSONValue { .number("\(Int(Date().timeIntervalSince1970) + offset)") }
 
-    /// Runs /usr/bin/openssl (through `Spawn`, not Foundation's `Process`); returns its stdout.
+    /// Runs /usr/bin/openssl (through `Spawn`, not Foundation's `Process`, and waited for off the
+    /// cooperative pool); returns its stdout.
     @discardableResult
-    static func openssl(_ arguments: [String], input: Data = Data()) throws -> Data {
-        let (status, out, err) = try Spawn.run("/usr/bin/openssl", arguments, input: Array(input))
+    static func openssl(_ arguments: [String], input: Data = Data()) async throws -> Data {
+        let (status, out, err) = try await Thread.run { try Spawn.run("/usr/bin/openssl", arguments, input: Array(input)) }
         guard status == 0 else {
             throw TestFailure("openssl \(arguments.first ?? "") failed: \(String(decoding: err, as: UTF8.self))")
         }
@@ -52,12 +53,12 @@ struct RSATestKey: Sendable {
     /// The modulus, big-endian bytes.
     let modulus: Data
 
-    init(kid: String) throws {
+    init(kid: String) async throws {
         self.kid = kid
         privateKeyPath = NSTemporaryDirectory() + "syncline-rsa-\(UUID().uuidString).pem"
-        try JWTMint.openssl(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", privateKeyPath])
-        publicPEM = String(decoding: try JWTMint.openssl(["pkey", "-in", privateKeyPath, "-pubout"]), as: UTF8.self)
-        let text = String(decoding: try JWTMint.openssl(["rsa", "-in", privateKeyPath, "-noout", "-modulus"]), as: UTF8.self)
+        try await JWTMint.openssl(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", privateKeyPath])
+        publicPEM = String(decoding: try await JWTMint.openssl(["pkey", "-in", privateKeyPath, "-pubout"]), as: UTF8.self)
+        let text = String(decoding: try await JWTMint.openssl(["rsa", "-in", privateKeyPath, "-noout", "-modulus"]), as: UTF8.self)
         let hex = Array(text.trimmingCharacters(in: .whitespacesAndNewlines).replacingOccurrences(of: "Modulus=", with: ""))
         modulus = Data(stride(from: 0, to: hex.count, by: 2).map { UInt8(String(hex[$0..<$0 + 2]), radix: 16)! })
     }

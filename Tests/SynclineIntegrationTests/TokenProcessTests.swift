@@ -47,7 +47,7 @@ struct TokenProcessTests {
 
     @Test("SIGHUP reloads the JWKS file; open connections stay; a bad file keeps the old keys and logs an error")
     func reloadOnSIGHUP() async throws {
-        let first = try RSATestKey(kid: "first"), second = try RSATestKey(kid: "second")
+        let first = try await RSATestKey(kid: "first"), second = try await RSATestKey(kid: "second")
         let file = NSTemporaryDirectory() + "syncline-jwks-\(UUID().uuidString).json"
         defer { first.remove(); second.remove(); try? FileManager.default.removeItem(atPath: file) }
         try RSATestKey.jwks([first.jwk()]).write(toFile: file, atomically: true, encoding: .utf8)
@@ -65,7 +65,7 @@ struct TokenProcessTests {
         let fresh = try #require(try await Self.open(port: port, JWTMint.rs256(second, claims: Self.claims())))
         // The connection opened with the first key is still served, and can refresh with the new one.
         #expect(try await Self.ping(old, "after-reload"))
-        old.send(["type": "auth", "token": try JWTMint.rs256(second, claims: Self.claims())])
+        old.send(["type": "auth", "token": try await JWTMint.rs256(second, claims: Self.claims())])
         #expect(try await Self.ping(old, "after-auth"))
 
         // A file that does not load: an error in the log, the second key still works.
@@ -90,7 +90,7 @@ struct TokenProcessTests {
 
     @Test("no token, nor any token's signature or payload part, appears in the debug log")
     func noTokenMaterialInLogs() async throws {
-        let key = try RSATestKey(kid: "log-key")
+        let key = try await RSATestKey(kid: "log-key")
         let file = NSTemporaryDirectory() + "syncline-jwks-\(UUID().uuidString).json"
         defer { key.remove(); try? FileManager.default.removeItem(atPath: file) }
         try RSATestKey.jwks([key.jwk()]).write(toFile: file, atomically: true, encoding: .utf8)
@@ -98,12 +98,12 @@ struct TokenProcessTests {
         defer { server.signal(SIGKILL) }
 
         let aud: (String, JSONValue) = ("aud", "log-test")
-        let valid = try JWTMint.rs256(key, claims: Self.claims() + [aud])
-        let refresh = try JWTMint.rs256(key, claims: Self.claims(exp: 900) + [aud])
-        let expired = try JWTMint.rs256(key, claims: Self.claims(exp: -3600) + [aud])
-        let wrongAudience = try JWTMint.rs256(key, claims: Self.claims())
+        let valid = try await JWTMint.rs256(key, claims: Self.claims() + [aud])
+        let refresh = try await JWTMint.rs256(key, claims: Self.claims(exp: 900) + [aud])
+        let expired = try await JWTMint.rs256(key, claims: Self.claims(exp: -3600) + [aud])
+        let wrongAudience = try await JWTMint.rs256(key, claims: Self.claims())
         let forged = String(valid.dropLast(6)) + "AAAAAA"
-        let confused = try JWTMint.hs256(key: Data(key.publicPEM.utf8), header: [("kid", "log-key")], claims: Self.claims() + [aud])
+        let confused = try await JWTMint.hs256(key: Data(key.publicPEM.utf8), header: [("kid", "log-key")], claims: Self.claims() + [aud])
         let garbage = "eyJhbGciOiJSUzI1NiJ9.bm90IGpzb24.c2lnbmF0dXJlLXBhcnQtb2YtZ2FyYmFnZQ"
         let tokens = [valid, refresh, expired, wrongAudience, forged, confused, garbage]
 

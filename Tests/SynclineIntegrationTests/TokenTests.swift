@@ -39,7 +39,7 @@ struct TokenTests {
     @Test("alg none, in any spelling, is refused unless unsigned dev tokens are enabled")
     func algNone() async throws {
         try await TestServer.with(configure: { $0.server.insecureDevAuth = false }) { server in
-            let valid = try JWTMint.hs256(key: Self.secret, claims: Self.claims())
+            let valid = try await JWTMint.hs256(key: Self.secret, claims: Self.claims())
             #expect(try await Self.hello(server, valid) == .welcome)
             let signature = String(valid.split(separator: ".")[2])
             for alg in ["none", "None", "NONE", "nOnE"] {
@@ -57,8 +57,8 @@ struct TokenTests {
 
     @Test("HS256 signed with the RSA public key's bytes is refused when a JWKS is configured", arguments: [false, true])
     func hsRsConfusion(withSecret: Bool) async throws {
-        let withAlg = try RSATestKey(kid: "rsa-1")
-        let inferred = try RSATestKey(kid: "rsa-2")  // its JWK has no alg: RS256 comes from kty RSA
+        let withAlg = try await RSATestKey(kid: "rsa-1")
+        let inferred = try await RSATestKey(kid: "rsa-2")  // its JWK has no alg: RS256 comes from kty RSA
         defer { withAlg.remove(); inferred.remove() }
         try await TestServer.with(configure: {
             $0.server.insecureDevAuth = false
@@ -68,17 +68,17 @@ struct TokenTests {
             // The real keys work (so the refusals below are about the algorithm).
             #expect(try await Self.hello(server, JWTMint.rs256(withAlg, claims: Self.claims())) == .welcome)
             #expect(try await Self.hello(server, JWTMint.rs256(inferred, claims: Self.claims())) == .welcome)
-            let untrusted = try RSATestKey(kid: "rsa-1")  // same kid, attacker's key
+            let untrusted = try await RSATestKey(kid: "rsa-1")  // same kid, attacker's key
             defer { untrusted.remove() }
             #expect(try await Self.hello(server, JWTMint.rs256(untrusted, claims: Self.claims())) == .closed(4001, "token signature invalid"))
 
             for key in [withAlg, inferred] {
                 for secret in [Data(key.publicPEM.utf8), key.modulus] {
                     // Naming the RSA key: the key's algorithm is RS256, not the header's HS256.
-                    let named = try JWTMint.hs256(key: secret, header: [("kid", .string(key.kid))], claims: Self.claims())
+                    let named = try await JWTMint.hs256(key: secret, header: [("kid", .string(key.kid))], claims: Self.claims())
                     #expect(try await Self.hello(server, named) == .closed(4001, "token alg \"HS256\" is not the algorithm of its key (RS256)"))
                     // Naming no key: only an HS256 secret could verify it, and this is not it.
-                    let unnamed = try JWTMint.hs256(key: secret, claims: Self.claims())
+                    let unnamed = try await JWTMint.hs256(key: secret, claims: Self.claims())
                     #expect(try await Self.hello(server, unnamed)
                             == Outcome.closed(4001, withSecret ? "token signature invalid" : "token alg \"HS256\" matches no configured key"))
                     // The same token as an Authorization header: 401 at the upgrade.
@@ -87,7 +87,7 @@ struct TokenTests {
                 }
             }
             // An unknown kid is not silently replaced by another key.
-            let unknown = try JWTMint.hs256(key: Self.secret, header: [("kid", "nope")], claims: Self.claims())
+            let unknown = try await JWTMint.hs256(key: Self.secret, header: [("kid", "nope")], claims: Self.claims())
             #expect(try await Self.hello(server, unknown) == (withSecret ? Outcome.welcome : Outcome.closed(4001, "token kid is not a configured key")))
             if withSecret {
                 #expect(try await Self.hello(server, JWTMint.hs256(key: Self.secret, claims: Self.claims())) == .welcome)
@@ -121,9 +121,9 @@ struct TokenTests {
             // In-band `auth` meets the same checks: a refresh without the audience ends the session.
             let client = try await TestClient.connect(server)
             client.send(["type": "hello", "client_id": "aud-refresh",
-                         "token": try JWTMint.hs256(key: Self.secret, claims: Self.claims(("aud", "syncline-test"), iss))])
+                         "token": try await JWTMint.hs256(key: Self.secret, claims: Self.claims(("aud", "syncline-test"), iss))])
             #expect(try await client.next()["type"] == "welcome")
-            client.send(["type": "auth", "token": try JWTMint.hs256(key: Self.secret, claims: Self.claims(iss))])
+            client.send(["type": "auth", "token": try await JWTMint.hs256(key: Self.secret, claims: Self.claims(iss))])
             let (code, reason) = try await client.closeFrame()
             #expect(code == 4001)
             #expect(reason.contains("no 'aud'"))
@@ -149,7 +149,7 @@ struct TokenTests {
             #expect(try await outcome([("sub", "alice"), ("exp", "tomorrow")]) == .closed(4001, "token 'exp' is not a number"))
             #expect(try await outcome(Self.claims(("nbf", "now"))) == .closed(4001, "token 'nbf' is not a number"))
             // A token expired beyond the leeway is refused in the Authorization header too.
-            let expired = try JWTMint.hs256(key: Self.secret, claims: [("sub", "alice"), ("exp", JWTMint.now(-outside))])
+            let expired = try await JWTMint.hs256(key: Self.secret, claims: [("sub", "alice"), ("exp", JWTMint.now(-outside))])
             #expect(try await RawHTTP.request(port: server.port, Self.upgrade(bearer: expired)).hasPrefix("HTTP/1.1 401"))
         }
     }
@@ -161,7 +161,7 @@ struct TokenTests {
             let exp = Int(Date().timeIntervalSince1970) + 8
             let client = try await TestClient.connect(server)
             client.send(["type": "hello", "client_id": "expiring",
-                         "token": try JWTMint.hs256(key: Self.secret, claims: [("sub", "alice"), ("exp", .number("\(exp)"))])])
+                         "token": try await JWTMint.hs256(key: Self.secret, claims: [("sub", "alice"), ("exp", .number("\(exp)"))])])
             #expect(try await client.next()["type"] == "welcome")
             let (code, reason) = try await client.closeFrame(timeout: .seconds(30))
             let closedAt = Date().timeIntervalSince1970

@@ -28,7 +28,7 @@ struct VerificationKeysTests {
 
     @Test("a key without alg gets the algorithm its type implies; encryption keys are skipped")
     func inferredAlgorithms() async throws {
-        let rsa = try RSATestKey(kid: "rsa-1")
+        let rsa = try await RSATestKey(kid: "rsa-1")
         defer { rsa.remove() }
         let encryption: JSONValue = ["kty": "RSA", "kid": "enc-1", "use": "enc", "n": "AQAB", "e": "AQAB"]
         let keys = try #require(try await VerificationKeys.make(
