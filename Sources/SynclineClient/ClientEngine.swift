@@ -113,16 +113,18 @@ final class ClientEngine: Sendable {
                 collection: collection, filter: filter, key: opened.key, rows: opened.rows, live: opened.live,
                 onUnsubscribe: { [inbox] in await withCheckedContinuation { inbox.push(.unsubscribe(opened.key, $0)) } })
             loop.queries[opened.key] = query
-            reply.resume(returning: query)
+            // After the actions: they publish the status (`resyncing` while the new feed loads), so
+            // a caller that reads `status` once `subscribe` returns never sees a stale `live`.
             await execute(opened.actions, loop)
+            reply.resume(returning: query)
         case .subscribeTopic(let topic, let limit, let reply):
             let opened = loop.core.subscribe(.topic(topic), now: now)
             let subscription = loop.topics[opened.key] ?? TopicSubscription(
                 topic: topic, key: opened.key, limit: limit,
                 onUnsubscribe: { [inbox] in await withCheckedContinuation { inbox.push(.unsubscribe(opened.key, $0)) } })
             loop.topics[opened.key] = subscription
-            reply.resume(returning: subscription)
             await execute(opened.actions, loop)
+            reply.resume(returning: subscription)
         case .unsubscribe(let key, let reply):
             let actions = loop.core.unsubscribe(key, now: now)
             if loop.core.feeds[key] == nil {

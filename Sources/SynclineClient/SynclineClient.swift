@@ -101,7 +101,8 @@ public final class SynclineClient: Sendable {
     /// A live query of `collection` rows whose columns equal `filter` (only the collection's
     /// filterable columns). It shows the stored rows at once, and resumes from the stored cursor.
     /// `conflate`: while the connection is behind, the server may merge the feed's pending changes
-    /// by key (protocol §3.8); such a query is a feed of its own.
+    /// by key (protocol §3.8); such a query is a feed of its own. Once it returns, ``status``
+    /// counts the new feed: `resyncing` on a ready connection until the feed has caught up.
     public func subscribe(collection: String, where filter: [String: JSONValue] = [:], conflate: Bool = false) async throws -> LiveQuery {
         try await withCheckedThrowingContinuation { inbox.push(.subscribeQuery(collection, filter, conflate, $0)) }
     }

@@ -156,6 +156,22 @@ struct ClientSyncTests {
         }
     }
 
+    @Test("once subscribe returns, the status counts the new feed: resyncing until it is live")
+    func statusCountsANewFeedAtOnce() async throws {
+        try await TestServer.with { server in
+            let client = makeClient(url: server.url, store: MemoryClientStore())
+            _ = try await client.subscribe(collection: "accounts", where: ["owner": "alice"])
+            try await eventually("live") { client.status.state == .live }
+            // A second feed on the ready connection: no stale `live` when subscribe returns (the
+            // restart test's writer started on one, and its first row came in the snapshot).
+            let query = try await client.subscribe(collection: "transactions", where: ["account_id": "alice-checking"])
+            #expect(client.status.state == .resyncing)
+            #expect(!query.isLive)
+            try await eventually("live again") { client.status.state == .live && query.isLive }
+            await client.close()
+        }
+    }
+
     @Test("two subscriptions of one query share a feed; the last unsubscribe forgets its stored rows")
     func sharedFeedAndUnsubscribe() async throws {
         try await TestServer.with { server in
