@@ -162,14 +162,38 @@ final class ServerProcess: Sendable {
     }
 }
 
-/// A TCP port nothing listens on right now.
+/// A TCP port nothing listens on right now, for a child server to bind later (and again after a
+/// restart). Taken below the kernel's ephemeral range, where `bind(0)` and every outgoing
+/// connection get theirs: a port from inside it was taken by some client socket of the parallel
+/// suite before the child bound it (EADDRINUSE, once in a full run).
 func freePort() throws -> Int {
-    let channel = try ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-        .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-        .bind(host: "127.0.0.1", port: 0).wait()
-    let port = channel.localAddress!.port!
-    try channel.close().wait()
-    return port
+    let (low, count) = PortBand.range
+    for _ in 0..<count {
+        let port = low + PortBand.next.withLockedValue { n -> Int in
+            n = (n + 1) % count
+            return n
+        }
+        let bound = try? ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .bind(host: "127.0.0.1", port: port).wait()
+        if let bound {
+            try bound.close().wait()
+            return port
+        }
+    }
+    throw TestFailure("no free port in \(low)..<\(low + count)")
+}
+
+private enum PortBand {
+    /// 8,000 ports just below the ephemeral range (`ip_local_port_range`, 32768 by default).
+    static let range: (low: Int, count: Int) = {
+        let text = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)) ?? ""
+        let ephemeral = Int(text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).first ?? "") ?? 32_768
+        let count = min(8_000, max(ephemeral - 1_024, 1))
+        return (ephemeral - count, count)
+    }()
+    /// Where this process starts in the band: apart from another test process's start.
+    static let next = NIOLockedValueBox(Int(getpid()) * 97 % range.count)
 }
 
 /// A fresh path for a client's SQLite store, removed with its WAL by `remove`.
@@ -212,6 +236,26 @@ final class QueryRecorder: Sendable {
             for change in changes where change.op == .insert { counts[change.key.keyString, default: 0] += 1 }
         }
         return counts
+    }
+
+    /// Every op each key got in `changes` events, in order ("insert", "update", …).
+    var opsByKey: [String: [String]] {
+        var ops: [String: [String]] = [:]
+        for event in events.withLockedValue({ $0 }) {
+            guard case .changes(let changes) = event else { continue }
+            for change in changes { ops[change.key.keyString, default: []].append(change.op.rawValue) }
+        }
+        return ops
+    }
+
+    /// The `id`s of the rows in `snapshot` events (the sequence's opening one and the server's).
+    var snapshotIDs: Set<String> {
+        var ids: Set<String> = []
+        for event in events.withLockedValue({ $0 }) {
+            guard case .snapshot(let rows) = event else { continue }
+            for row in rows { if let id = row["id"]?.stringValue { ids.insert(id) } }
+        }
+        return ids
     }
 
     var kinds: [String] {

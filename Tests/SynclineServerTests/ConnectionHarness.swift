@@ -129,8 +129,9 @@ final class ConnectionHarness: Sendable {
     }
 
     /// The next frame the server wrote, waiting up to `seconds` (background tasks such as token
-    /// checks and snapshots run on Swift's pool and hop back to the loop).
-    func nextFrame(seconds: Double = 10) async throws -> Frame {
+    /// checks and snapshots run on Swift's pool and hop back to the loop). 30 s: these tests start
+    /// with the whole suite, and in its first seconds on 2 cores one waited more than 10 s.
+    func nextFrame(seconds: Double = 30) async throws -> Frame {
         let deadline = ContinuousClock.now + .seconds(seconds)
         while true {
             if let frame = try await pendingFrame() { return frame }
@@ -149,7 +150,7 @@ final class ConnectionHarness: Sendable {
     }
 
     /// The next message, which must be a text frame holding a JSON object.
-    func next(seconds: Double = 10) async throws -> JSONValue {
+    func next(seconds: Double = 30) async throws -> JSONValue {
         let frame = try await nextFrame(seconds: seconds)
         guard frame.opcode == 0x1 else {
             throw TestFailure("expected a message, got opcode \(frame.opcode) \(frame.closeCode.map { "close \($0) \(frame.closeReason)" } ?? "")")
@@ -158,14 +159,14 @@ final class ConnectionHarness: Sendable {
     }
 
     /// The next message, which must have `type`.
-    func next(_ type: String, seconds: Double = 10) async throws -> JSONValue {
+    func next(_ type: String, seconds: Double = 30) async throws -> JSONValue {
         let message = try await next(seconds: seconds)
         guard message["type"]?.stringValue == type else { throw TestFailure("expected '\(type)', got \(message.jsonText)") }
         return message
     }
 
     /// Skips messages until a close frame and returns its code and reason.
-    func closeFrame(seconds: Double = 10) async throws -> (code: UInt16?, reason: String) {
+    func closeFrame(seconds: Double = 30) async throws -> (code: UInt16?, reason: String) {
         while true {
             let frame = try await nextFrame(seconds: seconds)
             if frame.opcode == 0x8 { return (frame.closeCode, frame.closeReason) }
