@@ -13,6 +13,9 @@ final class FaultProxy: Sendable {
     let port: Int
     private let server: any Channel
     private let rules: NIOLockedValueBox<Rules>
+    /// Its own loop, not the process's shared singleton that hundreds of test clients load: a
+    /// proxied connection once took longer than PostgresNIO's 10 s connect timeout.
+    private let group: MultiThreadedEventLoopGroup
 
     struct Rules: Sendable {
         /// Connections whose application name starts with this are frozen, new ones included.
@@ -20,16 +23,18 @@ final class FaultProxy: Sendable {
         var links: [ProxyLink] = []
     }
 
-    private init(port: Int, server: any Channel, rules: NIOLockedValueBox<Rules>) {
+    private init(port: Int, server: any Channel, rules: NIOLockedValueBox<Rules>, group: MultiThreadedEventLoopGroup) {
         self.port = port
         self.server = server
         self.rules = rules
+        self.group = group
     }
 
     /// Listens on a free loopback port and forwards every connection to `host:port`.
     static func start(forwardingTo host: String, port targetPort: Int) async throws -> FaultProxy {
         let rules = NIOLockedValueBox(Rules())
-        let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let server = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { inbound in
                 let link = ProxyLink(inbound: inbound, rules: rules)
@@ -53,7 +58,7 @@ final class FaultProxy: Sendable {
                 }
             }
             .bind(host: "127.0.0.1", port: 0).get()
-        return FaultProxy(port: server.localAddress!.port!, server: server, rules: rules)
+        return FaultProxy(port: server.localAddress!.port!, server: server, rules: rules, group: group)
     }
 
     /// `url` (a `postgres://` URL) with its port replaced by the proxy's.
@@ -103,6 +108,7 @@ final class FaultProxy: Sendable {
     func stop() async {
         try? await server.close()
         for link in rules.withLockedValue({ $0.links }) { link.eventLoop.execute { link.close() } }
+        try? await group.shutdownGracefully()
     }
 
     fileprivate static func forget(_ link: ProxyLink, in rules: NIOLockedValueBox<Rules>) {
