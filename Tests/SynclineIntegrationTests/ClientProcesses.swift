@@ -162,40 +162,6 @@ final class ServerProcess: Sendable {
     }
 }
 
-/// A TCP port nothing listens on right now, for a child server to bind later (and again after a
-/// restart). Taken below the kernel's ephemeral range, where `bind(0)` and every outgoing
-/// connection get theirs: a port from inside it was taken by some client socket of the parallel
-/// suite before the child bound it (EADDRINUSE, once in a full run).
-func freePort() throws -> Int {
-    let (low, count) = PortBand.range
-    for _ in 0..<count {
-        let port = low + PortBand.next.withLockedValue { n -> Int in
-            n = (n + 1) % count
-            return n
-        }
-        let bound = try? ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .bind(host: "127.0.0.1", port: port).wait()
-        if let bound {
-            try bound.close().wait()
-            return port
-        }
-    }
-    throw TestFailure("no free port in \(low)..<\(low + count)")
-}
-
-private enum PortBand {
-    /// 8,000 ports just below the ephemeral range (`ip_local_port_range`, 32768 by default).
-    static let range: (low: Int, count: Int) = {
-        let text = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)) ?? ""
-        let ephemeral = Int(text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).first ?? "") ?? 32_768
-        let count = min(8_000, max(ephemeral - 1_024, 1))
-        return (ephemeral - count, count)
-    }()
-    /// Where this process starts in the band: apart from another test process's start.
-    static let next = NIOLockedValueBox(Int(getpid()) * 97 % range.count)
-}
-
 /// A fresh path for a client's SQLite store, removed with its WAL by `remove`.
 struct TempStorePath {
     let path = NSTemporaryDirectory() + "syncline-client-\(UUID().uuidString).sqlite"
@@ -211,68 +177,6 @@ func eventually(_ what: String, timeout: Duration = .seconds(20), _ condition: (
         guard ContinuousClock.now < deadline else { throw TestFailure("timed out waiting for \(what)") }
         try await Task.sleep(for: .milliseconds(20))
     }
-}
-
-/// Records everything a live query publishes, for checks of "each change once".
-final class QueryRecorder: Sendable {
-    let events = NIOLockedValueBox<[LiveQueryEvent]>([])
-    private let task: Task<Void, Never>
-
-    init(_ query: LiveQuery) {
-        let events = self.events
-        // Made here, not in the task: a task that starts late would see early changes folded into
-        // its opening `.snapshot`, and count them as never inserted.
-        let sequence = query.events(limit: 100_000)
-        task = Task {
-            for await event in sequence { events.withLockedValue { $0.append(event) } }
-        }
-    }
-
-    /// How many times each key was inserted by a `changes` event.
-    var insertsByKey: [String: Int] {
-        var counts: [String: Int] = [:]
-        for event in events.withLockedValue({ $0 }) {
-            guard case .changes(let changes) = event else { continue }
-            for change in changes where change.op == .insert { counts[change.key.keyString, default: 0] += 1 }
-        }
-        return counts
-    }
-
-    /// Every op each key got in `changes` events, in order ("insert", "update", …).
-    var opsByKey: [String: [String]] {
-        var ops: [String: [String]] = [:]
-        for event in events.withLockedValue({ $0 }) {
-            guard case .changes(let changes) = event else { continue }
-            for change in changes { ops[change.key.keyString, default: []].append(change.op.rawValue) }
-        }
-        return ops
-    }
-
-    /// The `id`s of the rows in `snapshot` events (the sequence's opening one and the server's).
-    var snapshotIDs: Set<String> {
-        var ids: Set<String> = []
-        for event in events.withLockedValue({ $0 }) {
-            guard case .snapshot(let rows) = event else { continue }
-            for row in rows { if let id = row["id"]?.stringValue { ids.insert(id) } }
-        }
-        return ids
-    }
-
-    var kinds: [String] {
-        events.withLockedValue { $0 }.map { event in
-            switch event {
-            case .snapshot: return "snapshot"
-            case .changes: return "changes"
-            case .reset: return "reset"
-            case .live: return "live"
-            case .cursor: return "cursor"
-            case .resynced: return "resynced"
-            case .ended: return "ended"
-            }
-        }
-    }
-
-    func stop() { task.cancel() }
 }
 
 /// A client of `url` as alice (unsigned dev tokens) over `store`.
