@@ -80,9 +80,12 @@ public final class NodeHealth: Sendable {
 
     /// The canary lag now, in milliseconds; nil when the canary is off.
     public var lagMilliseconds: Int64? {
-        guard canaryEnabled else { return nil }
         let now = ContinuousClock.now
-        return state.withLockedValue { $0.clock.lag(at: now) }.wholeMilliseconds
+        return state.withLockedValue { lag($0, at: now) }
+    }
+
+    private func lag(_ state: State, at now: ContinuousClock.Instant) -> Int64? {
+        canaryEnabled ? state.clock.lag(at: now).wholeMilliseconds : nil
     }
 
     /// Other live nodes, as the last canary round read them from `syncline.nodes`.
@@ -99,10 +102,9 @@ public final class NodeHealth: Sendable {
     /// plus the time since (a peer may have stalled right after it wrote), so that a late node
     /// never sends its clients to a peer it merely has not heard from lately.
     func observation(tailConnected: Bool, at now: ContinuousClock.Instant = .now) -> DeliveryHealth.Observation {
-        let lag = canaryEnabled ? state.withLockedValue { $0.clock.lag(at: now) }.wholeMilliseconds : nil
-        return state.withLockedValue {
+        state.withLockedValue {
             let age = max(.zero, now - $0.peersReadAt).wholeMilliseconds
-            return .init(draining: $0.draining, tailConnected: tailConnected, lagMilliseconds: lag,
+            return .init(draining: $0.draining, tailConnected: tailConnected, lagMilliseconds: lag($0, at: now),
                          peerLagsMilliseconds: $0.peerLags.map { $0 + age })
         }
     }

@@ -32,20 +32,26 @@ import Testing
         throw TestFailure("/readyz did not answer \(status) within \(timeout); last: \(last.status) \(last.body)")
     }
 
-    /// A server over `database`, with Postgres's own description when it cannot start.
-    /// Up to three tries: at the suite's start, with 400 tests starting at once on 2 cores, a first
-    /// connection through the proxy once took longer than PostgresNIO's 10 s connect timeout.
-    static func start(_ database: TestDatabase) async throws -> TestServer {
+    /// `body`, up to three tries: at the suite's start, with 400 tests starting at once on 2 cores,
+    /// a first connection through the proxy once took longer than PostgresNIO's 10 s connect timeout.
+    static func withRetries<T>(_ what: String, _ body: () async throws -> T) async throws -> T {
         var failures: [String] = []
-        for _ in 1...3 {
+        while true {
             do {
-                return try await TestServer.start(database: database, configure: Self.canaryOn)
+                return try await body()
             } catch {
                 failures.append(String(reflecting: error))
-                print("server over \(database.url) did not start (try \(failures.count) of 3): \(failures.last!)")
+                print("\(what) failed (try \(failures.count) of 3): \(failures.last!)")
+                if failures.count == 3 { throw TestFailure("\(what) failed: \(failures)") }
             }
         }
-        throw TestFailure("server over \(database.url) did not start: \(failures)")
+    }
+
+    /// A server over `database`, with Postgres's own description when it cannot start.
+    static func start(_ database: TestDatabase) async throws -> TestServer {
+        try await withRetries("starting a server over \(database.url)") {
+            try await TestServer.start(database: database, configure: Self.canaryOn)
+        }
     }
 
     static func canaryOn(_ options: inout SynclineApplication.Options) {
@@ -60,18 +66,11 @@ import Testing
         let proxy = try await FaultProxy.start(forwardingTo: direct.host, port: direct.port)
         let proxied = proxy.url(replacingPortOf: url)
         print("proxy: \(direct.host):\(direct.port) via \(proxied)")
-        var answer: Int?
-        // Up to three tries, as for the servers (`start`): at the suite's start one connect timed out.
-        for attempt in 1...3 where answer == nil {
-            do {
-                answer = try await TestDatabase(url: proxied).withConnection { connection in
-                    var n = 0
-                    for try await value in try await connection.query("SELECT 41 + 1", logger: TestCluster.logger).decode(Int.self) { n = value }
-                    return n
-                }
-            } catch {
-                print("a connection through the proxy failed (try \(attempt) of 3): \(String(reflecting: error))")
-                if attempt == 3 { throw error }
+        let answer = try await Self.withRetries("a connection through the proxy") {
+            try await TestDatabase(url: proxied).withConnection { connection in
+                var n = 0
+                for try await value in try await connection.query("SELECT 41 + 1", logger: TestCluster.logger).decode(Int.self) { n = value }
+                return n
             }
         }
         #expect(answer == 42)

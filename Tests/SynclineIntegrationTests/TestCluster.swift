@@ -49,9 +49,7 @@ enum TestCluster {
     /// on a thread of its own: `createdb` and `initdb` are child processes waited for, which
     /// would otherwise hold Swift concurrency's two cooperative threads while other tests run.
     static func makeDatabase() async throws -> String {
-        try await withCheckedThrowingContinuation { continuation in
-            Thread.detachNewThread { continuation.resume(with: Result { try makeDatabaseWaiting() }) }
-        }
+        try await Thread.run { try makeDatabaseWaiting() }
     }
 
     private static func makeDatabaseWaiting() throws -> String {
@@ -106,11 +104,7 @@ struct TestDatabase: Sendable {
     /// cooperative pool (two threads here): tests in parallel polling with psql would otherwise
     /// starve every in-process server's tasks and time each other out on a loaded machine.
     func psql(_ sql: String) async throws -> String {
-        try await withCheckedThrowingContinuation { continuation in
-            Thread.detachNewThread {
-                continuation.resume(with: Result { try self.psqlWaiting(sql) })
-            }
-        }
+        try await Thread.run { try self.psqlWaiting(sql) }
     }
 
     /// `psql` for synchronous callers (outside tests' async code).
