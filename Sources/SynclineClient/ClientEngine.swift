@@ -178,8 +178,11 @@ final class ClientEngine: Sendable {
                     if point == "before-send" { CrashPoint.crash("before-send") }
                     if point == "after-send" {
                         connection.send(text) {
-                            // Let the frame leave the socket buffer before dying.
-                            usleep(50_000)
+                            // Give the server time to read the frame before dying: the kill resets
+                            // the connection, and a reset drops what the server has not read yet
+                            // (50 ms was too short on a loaded machine). The ack, if it comes
+                            // meanwhile, is never processed.
+                            usleep(500_000)
                             CrashPoint.crash("after-send")
                         }
                         continue
